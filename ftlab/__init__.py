@@ -14,12 +14,13 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
-               "pretrain", "doctor", "cli")
+               "pretrain", "doctor", "install", "plots", "cli")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
     "fit": "training", "evaluate": "training", "Source": "training", "StopTraining": "training",
     "History": "history",
+    "plot_history": "plots", "plot_histories": "plots",
 }
 
 __all__ = [*_SUBMODULES, *_FUNCTIONS, "__version__"]

