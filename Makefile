@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ftlab-installed
 PORT    ?= 8888
 
-.PHONY: setup lab test unit notebooks demo figures bench clean-venv
+.PHONY: setup lab test demo figures bench
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	@VENV=$(VENV) bash scripts/bootstrap.sh
@@ -31,3 +31,6 @@ demo: setup
 
 bench: setup
 	@$(PY) bench/run.py
+
+figures: setup
+	@$(PY) scripts/figures.py

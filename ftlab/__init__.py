@@ -14,13 +14,17 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
-               "pretrain", "doctor", "install", "plots", "cli")
+               "pretrain", "doctor", "install", "plots", "cli", "measures", "mitigations",
+               "store", "sweeps")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
     "fit": "training", "evaluate": "training", "Source": "training", "StopTraining": "training",
     "History": "history",
-    "plot_history": "plots", "plot_histories": "plots",
+    "forgetting": "measures", "overfitting_gap": "measures",
+    "sweep": "sweeps", "RunStore": "store",
+    "plot_history": "plots", "plot_histories": "plots", "plot_sweep": "plots", "plot_tradeoff": "plots",
+    "plot_confusion": "plots",
 }
 
 __all__ = [*_SUBMODULES, *_FUNCTIONS, "__version__"]

@@ -13,6 +13,7 @@ That is all `fit` needs to feed any task to any model.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -24,7 +25,7 @@ from torch.nn import functional as F
 
 from .families import family_of, get_path, set_path
 
-__all__ = ["resnet18", "bert", "replace_head", "head_of", "ImagePreprocess", "WeightsError",
+__all__ = ["resnet18", "bert", "replace_head", "head_of", "using_head", "ImagePreprocess", "WeightsError",
            "minilm_dir", "MINILM_SHA256", "FASHION_MEAN", "FASHION_STD"]
 
 FASHION_MEAN, FASHION_STD = 0.286, 0.353
@@ -171,6 +172,18 @@ def bert(name: str = "all-MiniLM-L6-v2", *, num_classes: int, max_length: int = 
 
 def head_of(model: nn.Module) -> nn.Module:
     return get_path(model, family_of(model).head)
+
+
+@contextlib.contextmanager
+def using_head(model: nn.Module, head: nn.Module):
+    """Temporarily put `head` on the model (e.g. the source head, to measure forgetting)."""
+    path = family_of(model).head
+    current = get_path(model, path)
+    set_path(model, path, head)
+    try:
+        yield model
+    finally:
+        set_path(model, path, current)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:

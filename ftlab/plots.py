@@ -17,8 +17,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .history import History
+from .measures import forgetting
 
-__all__ = ["plot_history", "plot_histories", "PALETTE"]
+__all__ = ["plot_history", "plot_histories", "plot_sweep", "plot_tradeoff", "plot_confusion", "pareto_front",
+           "PALETTE"]
 
 PALETTE = sns.color_palette("colorblind")
 TRAIN, VAL, SOURCE = PALETTE[0], PALETTE[1], PALETTE[2]
@@ -66,7 +68,7 @@ def plot_history(history: History, *, title: str | None = None) -> Figure:
     acc_ax.plot(epochs, 100 * frame["val_acc"], "s-", color=VAL, label="validation")
     if "source_acc" in frame:
         acc_ax.plot(epochs, 100 * frame["source_acc"], "^-", color=SOURCE,
-                    label=f"source task (forgetting: {forgetting_points(frame):+.1f} pts)")
+                    label=f"source task (forgetting {forgetting(history):+.1f} pts)")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(0, 101))
     for ax in (loss_ax, acc_ax):
         _mark_epochs(ax, history)
@@ -75,11 +77,6 @@ def plot_history(history: History, *, title: str | None = None) -> Figure:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     fig.suptitle(title or _title(history))
     return fig
-
-
-def forgetting_points(frame: pd.DataFrame) -> float:
-    """Source accuracy before minus after, in points (positive = forgotten)."""
-    return 100 * (frame["source_acc"].iloc[0] - frame["source_acc"].iloc[-1])
 
 
 def _ticks(epochs: pd.Series) -> Sequence[int]:
@@ -110,3 +107,103 @@ def _metric_label(metric: str) -> str:
              "val_loss": "validation loss", "train_loss": "train loss", "source_acc": "source accuracy (%)",
              "test_acc": "test accuracy (%)", "forgetting": "forgetting (points)"}
     return names.get(metric, metric)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "off" if value is None else str(value)
+
+
+def plot_sweep(frame: pd.DataFrame, *, x: str = "frozen_depth", y: str = "lr", value: str = "val_acc",
+               title: str | None = None) -> Figure:
+    """A heatmap of `value` (e.g. val_acc, test_acc, forgetting) over two swept settings."""
+    for column in (x, y, value):
+        if column not in frame:
+            raise ValueError(f"no column {column!r} in the sweep; it has {list(frame.columns)}")
+    table = frame.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
+    table = table.sort_index(ascending=False)  # larger learning rates on top
+    scale = 100 if value.endswith("acc") else 1
+    fig, (ax,) = _new_figure(1, width=1.1 * len(table.columns) + 3, height=0.6 * len(table) + 2)
+    # accuracy: darker = better; forgetting: darker = more forgotten (both read "dark draws the eye")
+    sns.heatmap(scale * table, annot=True, fmt=".1f", cmap="viridis_r" if value == "forgetting" else "viridis",
+                cbar_kws={"label": _metric_label(value)}, linewidths=0.5, ax=ax)
+    ax.set_yticklabels([_format_value(v) for v in table.index], rotation=0)
+    ax.set_xticklabels([_format_value(v) for v in table.columns], rotation=0)
+    ax.set(xlabel=_setting_label(x), ylabel=_setting_label(y),
+           title=title or f"{_metric_label(value)} by {_setting_label(x)} and {_setting_label(y)}")
+    return fig
+
+
+def _setting_label(name: str) -> str:
+    return {"frozen_depth": "frozen depth (blocks from the input)", "lr": "learning rate",
+            "patience": "early-stopping patience", "l2sp": "L2-SP strength",
+            "rehearsal": "rehearsal fraction"}.get(name, name)
+
+
+def pareto_front(frame: pd.DataFrame, *, accuracy: str = "test_acc", cost: str = "forgetting") -> pd.DataFrame:
+    """The runs no other run beats on both: higher accuracy and lower forgetting."""
+    ordered = frame.sort_values([cost, accuracy], ascending=[True, False])
+    best, keep = -np.inf, []
+    for index, row in ordered.iterrows():
+        if row[accuracy] > best:
+            keep.append(index)
+            best = row[accuracy]
+    return frame.loc[keep].sort_values(cost)
+
+
+def plot_tradeoff(frame: pd.DataFrame, *, accuracy: str = "test_acc", label: str | None = None,
+                  title: str | None = None) -> Figure:
+    """Target accuracy against forgetting for every run, with the Pareto front drawn.
+
+    label: a column naming each run's method (default: built from depth, lr and mitigations)."""
+    if "forgetting" not in frame:
+        raise ValueError("the runs have no 'forgetting' column: sweep with source=ftlab.Source(task, head)")
+    labels = frame[label] if label else frame.apply(_run_label, axis=1)
+    fig, (ax,) = _new_figure(1, width=7, height=4.6)
+    methods = pd.Categorical(labels.map(lambda s: s.split(",")[0]))
+    for i, method in enumerate(methods.categories):
+        chosen = methods == method
+        ax.scatter(frame.loc[chosen, "forgetting"], 100 * frame.loc[chosen, accuracy], s=60,
+                   color=PALETTE[i % len(PALETTE)], marker="os^DvPX*"[i % 8], label=method, zorder=3)
+    front = pareto_front(frame, accuracy=accuracy)
+    ax.plot(front["forgetting"], 100 * front[accuracy], "--", color="0.3", zorder=2, label="Pareto front")
+    for index, text in labels.items():
+        ax.annotate(text, (frame.loc[index, "forgetting"], 100 * frame.loc[index, accuracy]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.25")
+    ax.set(xlabel="forgetting: source accuracy lost (points)", ylabel=f"target {_metric_label(accuracy)}",
+           title=title or "Learning the new task vs keeping the old one")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    return fig
+
+
+def _run_label(row: pd.Series) -> str:
+    parts = []
+    if row.get("l2sp", 0):
+        parts.append(f"L2-SP {row['l2sp']:g}")
+    if row.get("rehearsal", 0):
+        parts.append(f"rehearsal {row['rehearsal']:g}")
+    if row.get("patience") is not None and not pd.isna(row.get("patience")):
+        parts.append(f"patience {int(row['patience'])}")
+    method = parts[0] if parts else "plain"
+    return ", ".join([method, f"depth {row['frozen_depth']}", f"lr {row['lr']:g}"] + parts[1:])
+
+
+def plot_confusion(model, dataset, *, classes: Sequence[str] | None = None, normalize: bool = True,
+                   device: str = "auto") -> Figure:
+    """Which classes the model confuses: rows are true classes, columns predictions."""
+    from .training import evaluate
+
+    result = evaluate(model, dataset, confusion=True, device=device)
+    matrix = result["confusion"].astype(float)
+    if normalize:
+        matrix = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    names = list(classes) if classes is not None else [str(i) for i in range(len(matrix))]
+    size = max(4.5, 0.55 * len(names) + 2)
+    fig, (ax,) = _new_figure(1, width=size + 1, height=size)
+    sns.heatmap(matrix, annot=True, fmt=".0f" if normalize else "g", cmap="Blues", xticklabels=names,
+                yticklabels=names, cbar_kws={"label": "% of the true class" if normalize else "examples"}, ax=ax)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"Confusion matrix (accuracy {result['accuracy']:.1%} on {result['n']} examples)")
+    return fig

@@ -23,7 +23,8 @@ from .features import Encoded, encode, prefix_features, prepare
 from .freezing import freeze, head_modules, train_mode
 from .freezing import frozen_depth as current_frozen_depth
 from .history import History
-from .models import head_of
+from .mitigations import RehearsalSampler, anchor_weights, l2sp_penalty
+from .models import head_of, using_head
 
 __all__ = ["fit", "evaluate", "resolve_device", "StopTraining", "Source"]
 
@@ -34,9 +35,15 @@ class StopTraining(Exception):
 
 @dataclass
 class Source:
-    """The task a model did before fine-tuning, and the head that did it (to measure forgetting)."""
+    """The task a model did before fine-tuning, and the head that did it.
 
-    dataset: torch.utils.data.Dataset
+    Forgetting is measured on `task.test` through `head` on the shared (fine-tuned) backbone;
+    rehearsal draws its examples from `task.train`. For ftlab's ResNet the source is Fashion-MNIST
+    and the head is the one `replace_head` returned; for sequential tasks, task A and A's head.
+    The head stays fixed during fine-tuning.
+    """
+
+    task: object  # a ftlab Task
     head: nn.Module
     name: str = "source"
 
@@ -78,7 +85,7 @@ def _check_arguments(model, task, lr, epochs, patience, batch_size, optimizer, h
     problems = []
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         problems.append(f"lr must be a positive number (typical for fine-tuning: 1e-5 to 1e-2), got {lr!r}")
-    if head_lr is not None and not (isinstance(head_lr, (int, float)) and head_lr > 0):
+    if head_lr is not None and not (isinstance(head_lr, (int, float)) and head_lr > 0 and math.isfinite(head_lr)):
         problems.append(f"head_lr must be a positive number or None (= lr), got {head_lr!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         problems.append(f"epochs must be a positive integer, got {epochs!r}")
@@ -136,31 +143,22 @@ def _to(batch: dict, device: torch.device) -> dict:
 def _score(model, data: Encoded, depth: int, cached: bool, device, batch_size: int,
            head: nn.Module | None = None, confusion: bool = False) -> dict:
     """Loss and accuracy of the model (or of the backbone with another head) on encoded data."""
-    from .families import family_of
-
     was_training = model.training
     model.eval()
-    swap = head is not None
-    if swap:
-        family = family_of(model)
-        current = head_of(model)
-        from .families import set_path
-        set_path(model, family.head, head)
     total_loss, correct, predictions = 0.0, 0, []
     try:
-        for idx in _batches(len(data), batch_size, None):
-            batch = _to(data.rows(idx), device)
-            labels = data.labels[idx].to(device)
-            with _autocast(device):
-                logits = _logits(model, batch, depth, cached).float()
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            predicted = logits.argmax(1)
-            correct += (predicted == labels).sum().item()
-            if confusion:
-                predictions.append(predicted.cpu())
+        with using_head(model, head if head is not None else head_of(model)):
+            for idx in _batches(len(data), batch_size, None):
+                batch = _to(data.rows(idx), device)
+                labels = data.labels[idx].to(device)
+                with _autocast(device):
+                    logits = _logits(model, batch, depth, cached).float()
+                total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+                predicted = logits.argmax(1)
+                correct += (predicted == labels).sum().item()
+                if confusion:
+                    predictions.append(predicted.cpu())
     finally:
-        if swap:
-            set_path(model, family.head, current)
         model.train(was_training)
     result = {"loss": total_loss / len(data), "accuracy": correct / len(data), "n": len(data)}
     if confusion:
@@ -191,9 +189,10 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
         patience: int | None = None, min_delta: float = 0.0, restore_best: bool | None = None,
         head_lr: float | None = None, optimizer: str = "adamw", weight_decay: float = 0.01,
         schedule: str = "constant", batch_size: int = 32, seed: int = 0, device: str = "auto",
-        max_length: int | None = None, cache_frozen: bool = True, progress: bool = True,
+        max_length: int | None = None, source: Source | None = None, l2sp: float = 0.0,
+        rehearsal: float = 0.0, cache_frozen: bool = True, progress: bool = True,
         callbacks: Sequence[Callable[[History], None]] = (), stop_event: threading.Event | None = None,
-        source: Source | None = None, eval_batch_size: int = 256) -> History:
+        eval_batch_size: int = 256) -> History:
     """Fine-tune `model` on `task.train`, validating on `task.val` after every epoch.
 
     lr:           learning rate of the body (pretrained blocks); head_lr: the head's (default: lr).
@@ -204,20 +203,32 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
     schedule:     "constant" or "cosine" (per step, to 0 at the last epoch).
     device:       "auto" (CUDA, then MPS, then CPU), mixed precision on CUDA.
     max_length:   tokens per text (default: the model's `max_length`).
+    source:       a `Source(task, head)`: the task the model did before. Its test accuracy through
+                  that head is measured at epoch 0 and after every epoch (`source_acc`, `source_loss`).
+                  Forgetting = source accuracy before fine-tuning minus after, in points.
+    l2sp:         strength of the L2-SP penalty pulling the body toward its starting weights (0 = off).
+    rehearsal:    fraction of each batch added as source-task training examples (needs `source`).
     callbacks:    functions called with the History after epoch 0 and every epoch (live plots);
                   raise StopTraining to end the run. stop_event: set it (from another thread) to stop.
-    source:       a `Source(dataset, head)`; its accuracy through that head is tracked each epoch
-                  (`source_acc`, `source_loss`), which is how forgetting is measured.
 
     A KeyboardInterrupt or a stop ends the run cleanly: the history so far is returned and the best
     weights are in the model. A non-finite loss ends it as "diverged" (the learning rate is the
     usual cause), with the best weights restored.
     """
-    if frozen_depth is not None:
-        freeze(model, frozen_depth)
     _check_arguments(model, task, lr, epochs, patience, batch_size, optimizer, head_lr, weight_decay)
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if not (isinstance(l2sp, (int, float)) and l2sp >= 0):
+        raise ValueError(f"l2sp must be a strength >= 0 (0 = off; try 0.01 to 1), got {l2sp!r}")
+    if not (isinstance(rehearsal, (int, float)) and 0 <= rehearsal <= 1):
+        raise ValueError(f"rehearsal must be a fraction of each batch in [0, 1], got {rehearsal!r}")
+    if rehearsal > 0 and source is None:
+        raise ValueError("rehearsal replays source-task examples: pass source=ftlab.Source(task, head)")
+    if source is not None and head_of(model) is source.head:
+        raise ValueError("source.head is the model's current head; replace the head first "
+                         "(old_head = ftlab.models.replace_head(model, k)) and pass the old one")
+    if frozen_depth is not None:  # last, so a call that fails its checks leaves the model as it was
+        freeze(model, frozen_depth)
     restore_best = patience is not None if restore_best is None else restore_best
     head_lr = lr if head_lr is None else head_lr
     device = resolve_device(device)
@@ -228,35 +239,39 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
     config = {"lr": lr, "head_lr": head_lr, "epochs": epochs, "frozen_depth": depth, "patience": patience,
               "min_delta": min_delta, "restore_best": restore_best, "optimizer": optimizer,
               "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "seed": seed,
-              "device": str(device), "max_length": max_length, "task": dict(getattr(task, "config", {})),
-              "weights": getattr(model, "weights_name", None), "model": type(model).__name__,
-              "source": source.name if source is not None else None}
+              "device": str(device), "max_length": max_length, "l2sp": l2sp, "rehearsal": rehearsal,
+              "task": dict(getattr(task, "config", {})), "weights": getattr(model, "weights_name", None),
+              "model": type(model).__name__,
+              "source": dict(getattr(source.task, "config", {}), label=source.name) if source else None}
     history = History(config=config)
     started = time.perf_counter()
 
     # Inputs, encoded once: tokenised texts or raw images; through the frozen prefix when cached.
-    train_data = encode(model, task.train, max_length=max_length)
-    val_data = encode(model, task.val, max_length=max_length)
-    source_data = encode(model, source.dataset, max_length=max_length) if source is not None else None
+    datasets = {"train": task.train, "val": task.val}
+    if source is not None:
+        source.head.to(device).requires_grad_(False)  # the old head is a fixed measuring instrument
+        datasets["source"] = source.task.test
+        if rehearsal > 0:
+            datasets["replay"] = source.task.train
+    data = {name: encode(model, d, max_length=max_length) for name, d in datasets.items()}
     cached = cache_frozen and depth > 0
     if cached:
-        prefix = [prefix_features(model, depth, d, device=device, batch_size=eval_batch_size)
-                  for d in (train_data, val_data, source_data)]
-        if any(p is None for p in prefix[:2] + ([prefix[2]] if source is not None else [])):
-            cached = False  # the family has no prefix/suffix split, or the features would not fit
-        else:
-            train_data, val_data, source_data = prefix
+        features = {name: prefix_features(model, depth, d, device=device, batch_size=eval_batch_size)
+                    for name, d in data.items()}
+        cached = all(f is not None for f in features.values())  # None: no prefix split, or too big
+        if cached:
+            data = features
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     history.summary = {"trainable_parameters": trainable,
                        "total_parameters": sum(p.numel() for p in model.parameters()),
-                       "cached_prefix": cached, "train_examples": len(train_data)}
+                       "cached_prefix": cached, "train_examples": len(data["train"])}
 
     def measure(epoch: int, train_loss: float, train_acc: float, seconds: float, lr_now: float) -> dict:
-        val = _score(model, val_data, depth, cached, device, eval_batch_size)
+        val = _score(model, data["val"], depth, cached, device, eval_batch_size)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr_now, "seconds": seconds}
         if source is not None:
-            src = _score(model, source_data, depth, cached, device, eval_batch_size, head=source.head.to(device))
+            src = _score(model, data["source"], depth, cached, device, eval_batch_size, head=source.head)
             row.update(source_loss=src["loss"], source_acc=src["accuracy"])
         return row
 
@@ -265,16 +280,19 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
             callback(history)
 
     # Epoch 0: where the pretrained model stands before any training.
-    before = _score(model, train_data, depth, cached, device, eval_batch_size)
+    before = _score(model, data["train"], depth, cached, device, eval_batch_size)
     history.append(measure(0, before["loss"], before["accuracy"], 0.0, lr))
     best_loss, best_state, history.best_epoch = history.rows[0]["val_loss"], _snapshot(model), 0
     waited = 0
 
+    head_ids = {id(p) for _, m in head_modules(model) for p in m.parameters()}
+    anchors = anchor_weights(model, exclude=head_ids) if l2sp > 0 else {}
     opt = _optimizer(model, optimizer, lr, head_lr, weight_decay)
-    steps_per_epoch = -(-len(train_data) // batch_size)
+    steps_per_epoch = -(-len(data["train"]) // batch_size)
     total_steps = epochs * steps_per_epoch
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     generator = torch.Generator().manual_seed(seed)
+    replay = RehearsalSampler(len(data["replay"]), rehearsal, generator) if rehearsal > 0 else None
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, disable=not progress, desc="fine-tuning", unit="batch", leave=True)
@@ -285,18 +303,25 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
             epoch_start = time.perf_counter()
             train_mode(model)
             loss_sum, correct, seen = 0.0, 0, 0
-            for idx in _batches(len(train_data), batch_size, generator):
+            for idx in _batches(len(data["train"]), batch_size, generator):
                 if stop_event is not None and stop_event.is_set():
                     raise StopTraining("stopped on request")
                 if schedule == "cosine":
                     factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
                     for group in opt.param_groups:
                         group["lr"] = factor * (head_lr if group["name"] == "head" else lr)
-                batch = _to(train_data.rows(idx), device)
-                labels = train_data.labels[idx].to(device)
+                labels = data["train"].labels[idx].to(device)
                 with _autocast(device):
-                    logits = _logits(model, batch, depth, cached)
-                    loss = F.cross_entropy(logits.float(), labels)
+                    logits = _logits(model, _to(data["train"].rows(idx), device), depth, cached)
+                    loss = target_loss = F.cross_entropy(logits.float(), labels)
+                    if replay is not None:  # old-task examples, through the old head
+                        old = replay.take(len(idx))
+                        with using_head(model, source.head):
+                            old_logits = _logits(model, _to(data["replay"].rows(old), device), depth, cached)
+                        old_loss = F.cross_entropy(old_logits.float(), data["replay"].labels[old].to(device))
+                        loss = (len(idx) * target_loss + len(old) * old_loss) / (len(idx) + len(old))
+                    if anchors:
+                        loss = loss + l2sp_penalty(model, anchors, l2sp)
                 if not torch.isfinite(loss):
                     history.diverged = True
                     raise StopTraining(
@@ -307,14 +332,13 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
                 scaler.step(opt)
                 scaler.update()
                 step += 1
-                loss_sum += loss.item() * len(idx)
+                loss_sum += target_loss.item() * len(idx)
                 correct += (logits.argmax(1) == labels).sum().item()
                 seen += len(idx)
                 bar.update()
             bar.set_description(f"epoch {epoch}/{epochs}")
-            lr_now = next(g["lr"] for g in opt.param_groups if g["name"] == "body") if any(
-                g["name"] == "body" for g in opt.param_groups) else head_lr
-            row = measure(epoch, loss_sum / seen, correct / seen, time.perf_counter() - epoch_start, lr_now)
+            row = measure(epoch, loss_sum / seen, correct / seen, time.perf_counter() - epoch_start,
+                          _current_lr(opt))
             history.append(row)
             bar.set_postfix(val_loss=f"{row['val_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}")
             if not math.isfinite(row["val_loss"]):
@@ -348,9 +372,15 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
     elif history.interrupted:
         print(f"ftlab.fit: {history.message}; best epoch {history.best_epoch}'s weights are in the model")
     history.summary["seconds"] = time.perf_counter() - started
-    if history.interrupted or history.diverged or history.stopped_early:
+    if history.interrupted or history.diverged:
         _notify_end(callbacks, history)
     return history
+
+
+def _current_lr(opt: torch.optim.Optimizer) -> float:
+    """The body's learning rate now (the head's when the whole body is frozen)."""
+    rates = {g["name"]: g["lr"] for g in opt.param_groups}
+    return rates.get("body", rates.get("head"))
 
 
 def _notify_end(callbacks, history: History) -> None:
@@ -358,5 +388,5 @@ def _notify_end(callbacks, history: History) -> None:
     for callback in callbacks:
         try:
             callback(history)
-        except StopTraining:
+        except (StopTraining, KeyboardInterrupt):  # the run is over already
             pass

@@ -1,0 +1,270 @@
+"""Encoding and the frozen-prefix cache (ftlab/features.py).
+
+The oracle: a cached run equals an uncached one, and cached features equal the frozen blocks run
+directly (torchvision's layers for ResNet, Hugging Face's hidden_states for BERT).
+"""
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ftlab
+from ftlab.families import FAMILIES, Family, register_family
+from ftlab.features import _fingerprint, cache_info, clear_cache, encode, prefix_features
+from ftlab.models import ImagePreprocess
+
+from conftest import make_image_task, make_text_task, make_tiny_bert, make_tiny_resnet
+
+CPU = torch.device("cpu")
+METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the wall time
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: handing work between threads costs more than it saves (5x on a busy 2-core box)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    clear_cache()
+    yield
+    clear_cache()
+
+
+# --- encode ----------------------------------------------------------------------------------
+
+
+def test_encode_images_keeps_the_tensor(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    assert list(data.inputs) == ["pixels"] and data.inputs["pixels"] is image_task.train.images
+    assert torch.equal(data.labels, image_task.train.labels) and len(data) == len(image_task.train)
+
+
+def test_encode_texts_uses_the_models_tokenizer(tiny_bert, text_task):
+    data = encode(tiny_bert, text_task.train)
+    expected = tiny_bert.tokenizer(text_task.train.texts, padding="longest", return_tensors="pt")
+    assert torch.equal(data.inputs["input_ids"], expected["input_ids"])
+    assert torch.equal(data.inputs["attention_mask"], expected["attention_mask"])
+    assert torch.equal(data.labels, text_task.train.labels)
+
+
+def test_encode_any_xy_dataset_and_refuse_text_without_tokenizer(tiny_resnet, text_task):
+    images = torch.rand(5, 1, 8, 8)
+    data = encode(tiny_resnet, TensorDataset(images, torch.arange(5)))
+    assert torch.equal(data.inputs["pixels"], images) and data.labels.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="no tokenizer"):
+        encode(tiny_resnet, text_task.train)
+
+
+# --- cached runs equal uncached runs ---------------------------------------------------------
+
+
+def cached_and_uncached(initial: nn.Module, task, depth: int, **options):
+    runs = {}
+    for cache in (True, False):
+        runs[cache] = ftlab.fit(copy.deepcopy(initial), task, frozen_depth=depth, cache_frozen=cache,
+                                progress=False, **options)
+    return runs[True], runs[False]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_cached_resnet_run_equals_uncached(depth):
+    cached, uncached = cached_and_uncached(make_tiny_resnet(), make_image_task(n=16), depth,
+                                           lr=1e-3, epochs=2, batch_size=8, seed=1)
+    assert cached.summary["cached_prefix"] and not uncached.summary["cached_prefix"]
+    pd.testing.assert_frame_equal(cached.to_frame()[METRICS], uncached.to_frame()[METRICS],
+                                  check_exact=False, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])  # 3 = len(blocks): embeddings + both layers
+def test_cached_bert_run_equals_uncached(depth):
+    cached, uncached = cached_and_uncached(make_tiny_bert(), make_text_task(n=24), depth,
+                                           lr=1e-3, epochs=2, batch_size=8, seed=1)
+    assert cached.summary["cached_prefix"] and not uncached.summary["cached_prefix"]
+    pd.testing.assert_frame_equal(cached.to_frame()[METRICS], uncached.to_frame()[METRICS],
+                                  check_exact=False, rtol=1e-4, atol=1e-4)
+
+
+def test_nothing_frozen_means_nothing_cached():
+    history = ftlab.fit(make_tiny_resnet(), make_image_task(n=8), lr=1e-3, epochs=1, frozen_depth=0,
+                        cache_frozen=True, progress=False)
+    assert not history.summary["cached_prefix"] and cache_info()["entries"] == 0
+
+
+def test_a_cached_run_fills_the_cache_once_per_split():
+    history = ftlab.fit(make_tiny_resnet(), make_image_task(n=8), lr=1e-3, epochs=1, frozen_depth=5,
+                        progress=False)
+    assert history.summary["cached_prefix"]
+    assert cache_info()["entries"] == 2  # train and val
+    assert cache_info()["megabytes"] > 0
+
+
+# --- the features themselves -----------------------------------------------------------------
+
+
+def test_resnet_prefix_features_are_the_frozen_blocks_output(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    features = prefix_features(tiny_resnet, 2, data, device=CPU)
+    tiny_resnet.eval()
+    with torch.no_grad():
+        x = tiny_resnet.preprocess(image_task.train.images)
+        expected = tiny_resnet.layer1(tiny_resnet.maxpool(tiny_resnet.relu(tiny_resnet.bn1(tiny_resnet.conv1(x)))))
+    assert torch.allclose(features.inputs["hidden"], expected, atol=1e-6)
+    assert torch.equal(features.labels, data.labels)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_bert_prefix_features_are_huggingface_hidden_states(tiny_bert, text_task, depth):
+    data = encode(tiny_bert, text_task.train)
+    features = prefix_features(tiny_bert, depth, data, device=CPU)
+    tiny_bert.eval()
+    with torch.no_grad():
+        hidden_states = tiny_bert(**data.inputs, output_hidden_states=True).hidden_states
+    # depth k = the embeddings and k-1 encoder layers = hidden_states[k-1]
+    assert torch.allclose(features.inputs["hidden"], hidden_states[depth - 1], atol=1e-5)
+    assert torch.equal(features.inputs["attention_mask"], data.inputs["attention_mask"])
+
+
+def test_prefix_features_eval_mode_and_no_gradient(tiny_resnet, image_task):
+    tiny_resnet.train()
+    before = tiny_resnet.bn1.running_mean.clone()
+    features = prefix_features(tiny_resnet, 1, encode(tiny_resnet, image_task.train), device=CPU)
+    assert torch.equal(tiny_resnet.bn1.running_mean, before)  # BatchNorm ran in eval mode
+    assert tiny_resnet.training  # and the mode was put back
+    assert not features.inputs["hidden"].requires_grad
+
+
+# --- the cache never serves stale features ----------------------------------------------------
+
+
+def test_same_request_is_served_from_the_cache(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    first = prefix_features(tiny_resnet, 1, data, device=CPU)
+    assert prefix_features(tiny_resnet, 1, data, device=CPU) is first
+    assert cache_info()["entries"] == 1
+
+
+def test_changed_frozen_weights_give_new_features(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    first = prefix_features(tiny_resnet, 1, data, device=CPU)
+    with torch.no_grad():
+        tiny_resnet.conv1.weight.add_(0.1)
+    second = prefix_features(tiny_resnet, 1, data, device=CPU)
+    assert not torch.allclose(first.inputs["hidden"], second.inputs["hidden"])
+    assert cache_info()["entries"] == 2
+
+
+def test_changed_batchnorm_statistics_give_new_features(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    first = prefix_features(tiny_resnet, 1, data, device=CPU)
+    tiny_resnet.bn1.running_mean.add_(0.5)  # a buffer, not a parameter
+    second = prefix_features(tiny_resnet, 1, data, device=CPU)
+    assert not torch.allclose(first.inputs["hidden"], second.inputs["hidden"])
+
+
+def test_weights_after_the_prefix_do_not_change_the_key(tiny_resnet, image_task):
+    data = encode(tiny_resnet, image_task.train)
+    key = _fingerprint(tiny_resnet, 1, data, CPU)
+    with torch.no_grad():
+        tiny_resnet.layer1[0].conv1.weight.add_(0.1)  # block 2: trains, not part of a depth-1 prefix
+        tiny_resnet.fc.weight.add_(0.1)
+    assert _fingerprint(tiny_resnet, 1, data, CPU) == key
+    assert _fingerprint(tiny_resnet, 2, data, CPU) != key
+
+
+def test_depth_data_and_preprocessing_are_part_of_the_key(tiny_resnet):
+    data = encode(tiny_resnet, make_image_task(n=8, seed=0).train)
+    other = encode(tiny_resnet, make_image_task(n=8, seed=1).train)
+    keys = {_fingerprint(tiny_resnet, 1, data, CPU), _fingerprint(tiny_resnet, 2, data, CPU),
+            _fingerprint(tiny_resnet, 1, other, CPU)}
+    relabelled = ftlab.features.Encoded(data.inputs, data.labels.flip(0))
+    keys.add(_fingerprint(tiny_resnet, 1, relabelled, CPU))
+    tiny_resnet.preprocess = ImagePreprocess(24, (0.5,) * 3, (0.25,) * 3)  # another resolution
+    keys.add(_fingerprint(tiny_resnet, 1, data, CPU))
+    assert len(keys) == 5
+    prefix_features(tiny_resnet, 1, data, device=CPU)
+    prefix_features(tiny_resnet, 1, other, device=CPU)
+    assert cache_info()["entries"] == 2
+
+
+# --- the memory budget -----------------------------------------------------------------------
+
+
+def test_tiny_budget_falls_back_to_the_uncached_path(monkeypatch):
+    monkeypatch.setenv("FTLAB_CACHE_MB", "0.001")
+    model = make_tiny_resnet()
+    before = model.fc.weight.detach().clone()
+    with pytest.warns(UserWarning, match="FTLAB_CACHE_MB"):
+        history = ftlab.fit(model, make_image_task(n=16), lr=1e-2, epochs=1, frozen_depth=2, batch_size=8,
+                            progress=False)
+    assert not history.summary["cached_prefix"]
+    assert history.epochs_run == 1 and not torch.equal(model.fc.weight, before)
+    assert cache_info()["entries"] == 0
+
+
+def test_over_budget_evicts_the_least_recently_used(monkeypatch, tiny_resnet):
+    data = encode(tiny_resnet, make_image_task(n=16, seed=0).train)
+    other = encode(tiny_resnet, make_image_task(n=16, seed=1).train)
+    first = prefix_features(tiny_resnet, 1, data, device=CPU)
+    size_mb = cache_info()["megabytes"]
+    monkeypatch.setenv("FTLAB_CACHE_MB", str(1.5 * size_mb))  # room for one entry, not two
+    prefix_features(tiny_resnet, 1, other, device=CPU)
+    assert cache_info()["entries"] == 1
+    again = prefix_features(tiny_resnet, 1, data, device=CPU)  # evicted: computed afresh, same values
+    assert again is not first and torch.equal(again.inputs["hidden"], first.inputs["hidden"])
+
+
+def test_clear_cache_empties_it(tiny_resnet, image_task):
+    prefix_features(tiny_resnet, 1, encode(tiny_resnet, image_task.train), device=CPU)
+    assert cache_info()["entries"] == 1
+    clear_cache()
+    assert cache_info() == {"entries": 0, "megabytes": 0}
+
+
+# --- a family without a prefix/suffix split --------------------------------------------------
+
+
+class TinyConvNet(nn.Module):
+    """A registered architecture that gives ftlab no prefix/suffix functions."""
+
+    def __init__(self):
+        super().__init__()
+        self.preprocess = ImagePreprocess(8, (0.5,), (0.25,), channels=1)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.hidden = nn.Linear(4 * 8 * 8, 16)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(torch.relu(self.conv(x)).flatten(1))))
+
+
+@pytest.fixture
+def convnet_family():
+    family = Family("test-convnet", lambda m: isinstance(m, TinyConvNet),
+                    lambda m: [("conv", m.conv), ("hidden", m.hidden)], head="out")
+    register_family(family)
+    try:
+        yield family
+    finally:
+        FAMILIES.remove(family)
+
+
+def test_family_without_prefix_trains_uncached(convnet_family):
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    conv_before = model.conv.weight.detach().clone()
+    hidden_before = model.hidden.weight.detach().clone()
+    history = ftlab.fit(model, make_image_task(n=16, num_classes=2), lr=1e-2, epochs=2, frozen_depth=1,
+                        batch_size=8, progress=False)
+    assert not history.summary["cached_prefix"] and cache_info()["entries"] == 0
+    assert torch.equal(model.conv.weight, conv_before)
+    assert not torch.equal(model.hidden.weight, hidden_before)
