@@ -168,9 +168,9 @@ def plot_tradeoff(frame: pd.DataFrame, *, accuracy: str = "test_acc", label: str
                    color=PALETTE[i % len(PALETTE)], marker="os^DvPX*"[i % 8], label=method, zorder=3)
     front = pareto_front(frame, accuracy=accuracy)
     ax.plot(front["forgetting"], 100 * front[accuracy], "--", color="0.3", zorder=2, label="Pareto front")
-    for index, text in labels.items():
-        ax.annotate(text, (frame.loc[index, "forgetting"], 100 * frame.loc[index, accuracy]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=7, color="0.25")
+    for index in front.index:  # name only the runs worth choosing; the legend covers the rest
+        ax.annotate(labels[index], (frame.loc[index, "forgetting"], 100 * frame.loc[index, accuracy]),
+                    textcoords="offset points", xytext=(6, -10), fontsize=7, color="0.2")
     ax.set(xlabel="forgetting: source accuracy lost (points)", ylabel=f"target {_metric_label(accuracy)}",
            title=title or "Learning the new task vs keeping the old one")
     ax.grid(alpha=0.3)
