@@ -127,11 +127,11 @@ def _fashion_candidates() -> list[Path]:
     return folders
 
 
-def _read_idx_file(folder: Path, name: str) -> bytes | None:
+def _read_idx_file(folder: Path, name: str) -> tuple[Path, bytes] | None:
     for path in (folder / name, folder / f"{name}.gz"):
         if path.exists():
             raw = path.read_bytes()
-            return gzip.decompress(raw) if path.suffix == ".gz" else raw
+            return path, gzip.decompress(raw) if path.suffix == ".gz" else raw
     return None
 
 
@@ -160,12 +160,13 @@ def _fashion_arrays() -> dict[str, np.ndarray]:
     folder = fashion_mnist_location() or _download_fashion_mnist()
     arrays = {}
     for name, expected in FASHION_FILES.items():
-        raw = _read_idx_file(folder, name)
-        if raw is None:
+        found = _read_idx_file(folder, name)
+        if found is None:
             raise DataUnavailable(FASHION_HELP)
+        path, raw = found
         if _sha256(raw) != expected:
             raise DataUnavailable(
-                f"{folder / name}: checksum mismatch (sha256 {_sha256(raw)}, expected {expected}). "
+                f"{path}: checksum mismatch (sha256 {_sha256(raw)}, expected {expected}). "
                 "The file is corrupt or not Fashion-MNIST; delete it and fetch it again.\n" + FASHION_HELP)
         header = 16 if "images" in name else 8  # idx format: magic, counts (and rows, cols)
         data = np.frombuffer(raw, dtype=np.uint8, offset=header)
@@ -238,18 +239,21 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
 
 
 def _balanced_subset(indices: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator):
-    """`n` of `indices`, as equal per class as possible (the remainder to classes chosen at random)."""
-    classes = np.unique(labels[indices])
-    if n > len(indices):
-        raise ValueError(f"n={n} is more than the {len(indices)} examples available")
-    per_class = {c: rng.permutation(indices[labels[indices] == c]) for c in classes}
-    quota = {c: n // len(classes) for c in classes}
-    for c in rng.permutation(classes)[: n % len(classes)]:
-        quota[c] += 1
-    short = [c for c in classes if quota[c] > len(per_class[c])]
-    if short:
-        raise ValueError(f"n={n} asks for more examples of class {short[0]} than the split holds")
-    return np.sort(np.concatenate([per_class[c][: quota[c]] for c in classes]))
+    """`n` of `indices`, as equal per class as the split allows: every class gets the same share,
+    except classes with fewer examples, which give all they have (the rest go to the others)."""
+    classes, counts = np.unique(labels[indices], return_counts=True)
+    quota, left = dict.fromkeys(classes.tolist(), 0), n
+    for position, c in enumerate(np.argsort(counts, kind="stable")):  # smallest classes first
+        share = min(counts[c], left // (len(classes) - position))
+        quota[classes[c]] = share
+        left -= share
+    # the remainder (fewer than one per class) goes to classes chosen at random that have room
+    for c in rng.permutation(classes):
+        if left and quota[c] < counts[classes == c][0]:
+            quota[c] += 1
+            left -= 1
+    chosen = [rng.permutation(indices[labels[indices] == c])[:quota[c]] for c in classes]
+    return np.sort(np.concatenate(chosen))
 
 
 # --- the public entry point --------------------------------------------------------------------
@@ -321,8 +325,8 @@ def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] 
     else:
         kept_classes = tuple(all_classes)
 
-    rng = np.random.default_rng(seed)
-    train_idx, val_idx = _stratified_split(pool_y, VAL_FRACTION[name], rng)
+    # one generator per purpose: the validation subset does not move when n_train changes
+    train_idx, val_idx = _stratified_split(pool_y, VAL_FRACTION[name], np.random.default_rng([seed, 0]))
     test_idx = np.arange(len(test_y))
     for what, n, limit in (("n_train", n_train, len(train_idx)), ("n_val", n_val, len(val_idx)),
                            ("n_test", n_test, len(test_idx))):
@@ -330,9 +334,9 @@ def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] 
             raise ValueError(f"{what}={n} is out of range for {name}: use {len(kept_classes)}..{limit} "
                              f"(at least one example per class, at most the whole split)")
     if n_train is not None:
-        train_idx = _balanced_subset(train_idx, pool_y, n_train, rng)
+        train_idx = _balanced_subset(train_idx, pool_y, n_train, np.random.default_rng([seed, 1]))
     if n_val is not None:
-        val_idx = _balanced_subset(val_idx, pool_y, n_val, rng)
+        val_idx = _balanced_subset(val_idx, pool_y, n_val, np.random.default_rng([seed, 2]))
     if n_test is not None:
         test_idx = _balanced_subset(test_idx, test_y, n_test, np.random.default_rng(_FIXED))
 

@@ -52,9 +52,17 @@ def _fingerprint_tensors(tensors) -> str:
 
 
 def _fingerprint_task(task) -> dict:
-    labels = [(split, getattr(task, split).labels) for split in ("train", "val", "test")
-              if hasattr(getattr(task, split), "labels")]
-    return {"config": getattr(task, "config", {}), "labels": _fingerprint_tensors(labels),
+    """What the task's data is, not just how it was asked for: labels, images or texts, per split."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        dataset = getattr(task, split)
+        digest.update(split.encode())
+        for name in ("labels", "images"):
+            if hasattr(dataset, name):
+                digest.update(getattr(dataset, name).contiguous().numpy().tobytes())
+        for text in getattr(dataset, "texts", ()):
+            digest.update(text.encode())
+    return {"config": getattr(task, "config", {}), "data": digest.hexdigest(),
             "sizes": [len(task.train), len(task.val), len(task.test)]}
 
 
