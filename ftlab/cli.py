@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ftlab", description="Teach fine-tuning: pretrained ResNet and BERT, offline.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("doctor", help="show Python, torch, the device, and which data/weights work offline")
-    commands.add_parser("setup", help="check or fetch the offline data and weights (idempotent)")
+    setup = commands.add_parser("setup", help="check or fetch the offline data and weights (idempotent)")
+    setup.add_argument("--browser", action="store_true", help="also Debian's chromium, for the browser test")
     pre = commands.add_parser("pretrain", help="build ftlab's pretrained ResNet-18 on Fashion-MNIST")
     from .pretrain import RECIPES
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "setup":
             from .install import ensure_all
 
-            ensure_all()
+            ensure_all(browser=args.browser)
         elif args.command == "pretrain":
             from .pretrain import cache_status, checkpoint_path, pretrain, read_card
 

@@ -67,7 +67,18 @@ def ensure_fashion_mnist() -> str:
         raise SetupError(datasets.FASHION_HELP) from None
 
 
-def ensure_all(*, build_models: bool = True) -> None:
+def ensure_chromium() -> str:
+    """Debian's chromium, for the real-browser dashboard test (never a browser a tool downloads)."""
+    for path in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if Path(path).exists():
+            return f"found {path}"
+    if _apt_install("chromium") and Path("/usr/bin/chromium").exists():
+        return "installed /usr/bin/chromium with apt-get"
+    return ("not available (no apt-get as root here); the browser test will be skipped. "
+            "Install it with: sudo apt-get install -y chromium")
+
+
+def ensure_all(*, build_models: bool = True, browser: bool = False) -> None:
     """Check or fetch every offline dataset and model; print one line each."""
     from . import datasets, models, pretrain
 
@@ -98,4 +109,6 @@ def ensure_all(*, build_models: bool = True) -> None:
             return f"ftlab's ResNet-18 ready (Fashion-MNIST test accuracy {card['test_accuracy']:.1%})"
 
         step("resnet weights", resnet)
+    if browser:
+        step("browser", ensure_chromium)
     sys.stdout.flush()
