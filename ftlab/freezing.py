@@ -37,23 +37,38 @@ def _has_path(model: nn.Module, path: str) -> bool:
         return False
 
 
+# Parameters added by parameter-efficient methods (ftlab.lora, ftlab.adapters); PEFT's kept
+# original of a head ("original_module") is the frozen reference copy, never trained.
+_EFFICIENT = ("lora_", ".adapter.", "modules_to_save.")
+
+
+def _is_efficient(name: str) -> bool:
+    name = f".{name}"  # so a marker matches at the start of a name too
+    return any(marker in name for marker in _EFFICIENT) and "original_module" not in name
+
+
 def freeze(model: nn.Module, depth: int) -> nn.Module:
     """Freeze the first `depth` blocks; everything after them, head included, trains.
 
     depth=0 freezes nothing; depth=len(blocks(model)) freezes the whole backbone (a linear probe).
-    Calling it again simply sets the new depth. Returns the model.
+    Calling it again simply sets the new depth. Returns the model. With LoRA or adapters, "trains"
+    means their small modules (and the head) train while the pretrained weights stay frozen.
     """
     named = blocks(model)
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= len(named):
         names = ", ".join(f"{i}={n}" for i, (n, _) in enumerate(named, 1))
         raise ValueError(f"frozen depth must be an integer in 0..{len(named)} (0 = nothing frozen, "
                          f"{len(named)} = whole backbone; blocks: {names}), got {depth!r}")
+    efficient = any(_is_efficient(name) for name, _ in model.named_parameters())
     for i, (_, block) in enumerate(named):
-        for p in block.parameters():
-            p.requires_grad_(i >= depth)
-    for _, module in head_modules(model):
-        for p in module.parameters():
-            p.requires_grad_(True)
+        for name, p in block.named_parameters():
+            p.requires_grad_(i >= depth and (not efficient or _is_efficient(name)))
+    head_path = family_of(model).head
+    for path, module in head_modules(model):
+        for name, p in module.named_parameters():
+            # the classifier always trains; with LoRA/adapters other head parts train only as copies
+            trainable = _is_efficient(f"{path}.{name}") or (path == head_path and "original_module" not in name)
+            p.requires_grad_(trainable if efficient else True)
     return model
 
 

@@ -195,6 +195,9 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     family = family_of(model)
     old = get_path(model, family.head)
+    if hasattr(old, "modules_to_save"):  # PEFT's wrapper: LoRA was added before the head was replaced
+        raise TypeError("replace the head before adding LoRA: old = ftlab.models.replace_head(model, k), "
+                        "then ftlab.add_lora(model, ...); PEFT now holds copies of the current head")
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the head {family.head!r} is a {type(old).__name__}, expected nn.Linear")
     new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
