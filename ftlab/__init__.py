@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
                "pretrain", "doctor", "install", "plots", "cli", "measures", "mitigations",
-               "store", "sweeps")
+               "store", "sweeps", "widgets", "lora", "adapters", "grading")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
@@ -25,6 +25,7 @@ _FUNCTIONS = {
     "sweep": "sweeps", "RunStore": "store",
     "plot_history": "plots", "plot_histories": "plots", "plot_sweep": "plots", "plot_tradeoff": "plots",
     "plot_confusion": "plots",
+    "add_lora": "lora", "add_adapters": "adapters",
 }
 
 __all__ = [*_SUBMODULES, *_FUNCTIONS, "__version__"]
