@@ -21,7 +21,9 @@ lab: setup
 	@cd notebooks && ../$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) \
 		$$( [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ] || echo --no-browser )
 
-test: setup
+# the test suite also needs Debian's chromium for its real-browser dashboard test
+test: $(STAMP)
+	@$(PY) -m ftlab setup --browser
 	@$(PY) -m pytest tests -q
 	@$(PY) -m pytest --nbval-lax --nbval-current-env -q notebooks
 

@@ -96,6 +96,8 @@ def plot_histories(histories: dict[str, History], *, metric: str = "val_acc") ->
         scale = 100 if metric.endswith("acc") else 1
         ax.plot(frame["epoch"], scale * frame[metric], styles[i % len(styles)],
                 color=PALETTE[i % len(PALETTE)], label=label)
+    last = max(int(h.to_frame()["epoch"].max()) for h in histories.values())
+    ax.set_xticks(_ticks(pd.Series(range(last + 1))))
     ax.set(xlabel="epoch", ylabel=_metric_label(metric), title=f"{_metric_label(metric)} by run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)

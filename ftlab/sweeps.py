@@ -66,6 +66,12 @@ def _fingerprint_task(task) -> dict:
             "sizes": [len(task.train), len(task.val), len(task.test)]}
 
 
+def _fingerprint_model(model: nn.Module) -> str:
+    """The starting weights and which of them train (freezing is part of what a run starts from)."""
+    trainable = "|".join(name for name, p in model.named_parameters() if p.requires_grad)
+    return _fingerprint_tensors([*model.state_dict().items(), ("trainable", torch.tensor(list(trainable.encode())))])
+
+
 class RunResult:
     """One run: its summary row, its History, and whether it came from the store."""
 
@@ -108,8 +114,7 @@ def run(model: nn.Module, task, *, settings: dict, source: Source | None = None,
     """
     settings = _check_settings(settings)
     store = RunStore() if store is True else store if isinstance(store, RunStore) else None
-    model_print, source_print = _prints or (_fingerprint_tensors(model.state_dict().items()),
-                                            _source_print(source))
+    model_print, source_print = _prints or (_fingerprint_model(model), _source_print(source))
     key = describe_key(_describe(model_print, _fingerprint_task(task), source_print, settings))
     if store is not None and (record := store.get(key)) is not None:
         history = History(**record["history"])
@@ -160,7 +165,7 @@ def sweep(model: nn.Module, task, *, grid: dict[str, Sequence], settings: dict |
 
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_flags = [p.requires_grad for p in model.parameters()]
-    prints = (_fingerprint_tensors(start_state.items()), _source_print(source))
+    prints = (_fingerprint_model(model), _source_print(source))
     from tqdm.auto import tqdm
 
     rows = []

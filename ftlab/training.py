@@ -372,7 +372,7 @@ def fit(model: nn.Module, task, *, lr: float, epochs: int, frozen_depth: int | N
         history.restored_best = True
     if history.diverged:
         warnings.warn(history.message, stacklevel=2)
-    elif history.interrupted:
+    elif history.interrupted and history.message.startswith("interrupted"):  # the notebook's stop button
         print(f"ftlab.fit: {history.message}; best epoch {history.best_epoch}'s weights are in the model")
     history.summary["seconds"] = time.perf_counter() - started
     if history.interrupted or history.diverged:
