@@ -42,17 +42,16 @@ def _resnet_on_digits(n_train: int = 500):
     return model, task
 
 
-def bench_cache(epochs: int = 5) -> dict:
-    model, task = _resnet_on_digits()
+def _cached_vs_uncached(model, task, depths, **settings) -> list[dict]:
+    """For each depth, the same run with the frozen-prefix cache off and on, side by side."""
     rows = []
-    for depth in range(6):
+    for depth in depths:
         row = {"depth": depth}
-        for cached in (False, True):  # side by side, same starting weights and seed
+        for cached in (False, True):  # same starting weights and seed
             clear_cache()
             trial = copy.deepcopy(model)
             start = time.perf_counter()
-            history = ftlab.fit(trial, task, lr=1e-3, epochs=epochs, frozen_depth=depth,
-                                cache_frozen=cached, progress=False)
+            history = ftlab.fit(trial, task, frozen_depth=depth, cache_frozen=cached, progress=False, **settings)
             label = "cached" if cached else "uncached"
             row[f"{label}_s"] = time.perf_counter() - start
             row[f"{label}_val_acc"] = history.rows[-1]["val_acc"]
@@ -60,6 +59,12 @@ def bench_cache(epochs: int = 5) -> dict:
         print(f"depth {depth}: uncached {row['uncached_s']:6.1f} s  cached {row['cached_s']:6.1f} s  "
               f"ratio {row['uncached_s'] / row['cached_s']:.2f}x   val acc {row['uncached_val_acc']:.3f} "
               f"vs {row['cached_val_acc']:.3f}", flush=True)
+    return rows
+
+
+def bench_cache(epochs: int = 5) -> dict:
+    model, task = _resnet_on_digits()
+    rows = _cached_vs_uncached(model, task, range(6), lr=1e-3, epochs=epochs)
     total_u, total_c = sum(r["uncached_s"] for r in rows), sum(r["cached_s"] for r in rows)
     frozen_u = sum(r["uncached_s"] for r in rows if r["depth"] > 0)
     frozen_c = sum(r["cached_s"] for r in rows if r["depth"] > 0)
@@ -170,22 +175,7 @@ def bench_bert(epochs: int = 3) -> dict:
     torch.manual_seed(0)
     task = ftlab.datasets.load("bbc-news", n_train=300, seed=0)
     model = ftlab.models.bert(num_classes=task.num_classes, max_length=128)
-    rows = []
-    for depth in range(4, 8):
-        row = {"depth": depth}
-        for cached in (False, True):
-            clear_cache()
-            trial = copy.deepcopy(model)
-            start = time.perf_counter()
-            history = ftlab.fit(trial, task, lr=5e-5, head_lr=1e-3, epochs=epochs, frozen_depth=depth,
-                                cache_frozen=cached, progress=False)
-            label = "cached" if cached else "uncached"
-            row[f"{label}_s"] = time.perf_counter() - start
-            row[f"{label}_val_acc"] = history.rows[-1]["val_acc"]
-        rows.append(row)
-        print(f"depth {depth}: uncached {row['uncached_s']:6.1f} s  cached {row['cached_s']:6.1f} s  "
-              f"ratio {row['uncached_s'] / row['cached_s']:.2f}x   val acc {row['uncached_val_acc']:.3f} "
-              f"vs {row['cached_val_acc']:.3f}", flush=True)
+    rows = _cached_vs_uncached(model, task, range(4, 8), lr=5e-5, head_lr=1e-3, epochs=epochs)
     total_u, total_c = sum(r["uncached_s"] for r in rows), sum(r["cached_s"] for r in rows)
     print(f"total: uncached {total_u:.1f} s, cached {total_c:.1f} s: {total_u / total_c:.2f}x faster")
     result = {"rows": rows, "total_ratio": total_u / total_c}

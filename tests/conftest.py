@@ -75,6 +75,16 @@ def make_text_task(n: int = 48, seed: int = 0):
                 "text", {"name": "toy-text", "n": n, "seed": seed})
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: handing work between threads costs more than it saves (5x on a busy 2-core box).
+    Use it in a module with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_resnet():
     return make_tiny_resnet()

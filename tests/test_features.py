@@ -24,13 +24,7 @@ CPU = torch.device("cpu")
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]  # all but the wall time
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: handing work between threads costs more than it saves (5x on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)

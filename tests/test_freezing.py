@@ -24,13 +24,7 @@ RESNET_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4"]
 SHARED_RESNET = make_tiny_resnet()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: handing work between threads costs more than it saves (5x on a busy 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def states(module: nn.Module) -> dict[str, torch.Tensor]:
