@@ -107,6 +107,7 @@ def prefix_features(model: nn.Module, depth: int, data: Encoded | None, *, devic
     family = family_of(model)
     if data is None or family.prefix is None or depth == 0:
         return None
+    device = torch.device(device)  # "cpu" as well as torch.device("cpu")
     key = _fingerprint(model, depth, data, device)
     if key in _CACHE:
         _CACHE.move_to_end(key)

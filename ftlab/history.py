@@ -42,6 +42,8 @@ class History:
 
     def best(self) -> dict:
         """The row of the best epoch."""
+        if self.best_epoch is None:
+            raise ValueError("this History has no best epoch (no epoch was measured)")
         return next(r for r in self.rows if r["epoch"] == self.best_epoch)
 
     def to_frame(self) -> pd.DataFrame:
