@@ -4,6 +4,7 @@
     ftlab setup                                   fetch/check data and weights (make does this)
     ftlab pretrain resnet18-fashion-mnist         build ftlab's pretrained ResNet-18 (cached)
     ftlab finetune --data digits --n-train 500 --lr 1e-3 --epochs 5 --png curves.png
+    ftlab grade submissions/ --lesson 2 --jobs 2  grade a class with otter (docs/grading.md)
 """
 from __future__ import annotations
 
@@ -68,6 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="auto")
     ft.add_argument("--png", default="ftlab-curves.png", help="where to write the learning curves")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    gr = commands.add_parser("grade", help="grade submitted notebooks with an otter autograder, each in a sandbox")
+    gr.add_argument("submissions", nargs="+", help="notebooks, folders of them, or zips of a class")
+    which = gr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--autograder", help="the autograder zip written by `otter assign` (- : read it from stdin)")
+    which.add_argument("--lesson", type=int, help="use build/autograder/<NN>_*-autograder_*.zip (make assign)")
+    gr.add_argument("--autograders", default="build/autograder", help="where --lesson looks (default %(default)s)")
+    gr.add_argument("--out", default="grading-results", help="results folder (default %(default)s)")
+    gr.add_argument("--jobs", type=_positive_int, default=1, help="submissions graded at once")
+    gr.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per submission")
+    gr.add_argument("--memory-mb", type=_positive_int, default=4096, help="memory per submission")
+    gr.add_argument("--isolation", choices=["auto", "namespaces", "process"], default="auto",
+                    help="auto: the strongest this machine allows; namespaces: that or fail")
+    again = gr.add_mutually_exclusive_group()
+    again.add_argument("--regrade", action="store_true", help="grade again even what an earlier run graded")
+    again.add_argument("--resume", action="store_true", help="keep earlier results for unchanged files (default)")
+    gr.add_argument("--allow-read", action="append", metavar="PATH", help="a path the notebooks may read")
+    gr.add_argument("--save-notebooks", action="store_true", help="keep each executed notebook in OUT/notebooks")
+    gr.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -129,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 pretrain(args.name)
         elif args.command == "finetune":
             return _finetune(args)
+        elif args.command == "grade":
+            from .grade.batch import grade_from_cli
+
+            return grade_from_cli(args)
     except KeyboardInterrupt:
         print("ftlab: interrupted", file=sys.stderr)
         return 130

@@ -167,7 +167,10 @@ class Changes:
     rows: tuple[BlockChange, ...]
 
     def __getitem__(self, block: str) -> BlockChange:
-        return next(row for row in self.rows if row.block == block)
+        for row in self.rows:
+            if row.block == block:
+                return row
+        raise KeyError(f"no block {block!r} here; the blocks are {[row.block for row in self.rows]}")
 
     def __repr__(self) -> str:
         lines = [f"{self.kind} changed since the snapshot:"]

@@ -1,0 +1,340 @@
+"""Code that ftlab grade runs *inside the learner's kernel*. Never imported there: the runner sends
+this file's source in a cell of its own (`cell_source`), executed in a private namespace, so neither
+what the learner's cells did to modules nor names they defined (`len = 3`, `def isinstance(...)`)
+can change it.
+
+Two steps, each one cell the learner never sees (not in the notebook, not in the kernel's history):
+
+- `_ftlab_before(...)`, before the learner's first cell: keep the original builtins (in a module
+  with an unguessable name), seed `random`/numpy, and make the learner's own `grader.check(...)`
+  calls quiet no-ops (otter's grading mode; the tests are not there yet anyway).
+- `_ftlab_checkpoint(...)`, in place of each `grader.check("q")` cell: fork a process that keeps
+  the state of that moment and waits; after the last cell it runs q's test against that state
+  (otter grades a question where its check cell is; the tests did not exist until then).
+- `_ftlab_grade(...)`, after the learner's last cell (the test files have just been written): the
+  tests of questions that had no check cell, against the final state.
+Both run tests through `_ftlab_run_tests`: put back builtins and import hooks the learner replaced;
+drop otter (and doctest) from sys.modules so the tests run with freshly imported code; compare every
+ftlab function with its source and, if the learner changed one, re-import ftlab while keeping the
+learner's objects' classes (with their original methods); run each test file against the learner's
+names (names that shadow builtins left out), under a time limit.
+
+What it cannot stop: a function of the learner's that a test calls runs inside this same process
+and could, with effort, reach into it (frames, gc). Hidden tests are what makes that impractical:
+the learner cannot see what to fake. See docs/grading.md.
+"""
+# ruff: noqa: E402 - every import is inside the functions: this source runs as a notebook cell
+
+
+def cell_source(call: str) -> str:
+    """A cell that runs `call` (e.g. "_ftlab_grade(...)") from this file's functions, defined in a
+    fresh namespace whose builtins are the builtins module (not the learner's globals)."""
+    import pathlib
+
+    source = pathlib.Path(__file__).read_text(encoding="utf-8")
+    return ("import builtins as _ftlab_builtins\n"
+            f"_ftlab_builtins.exec({source!r}, _ftlab_space := "
+            "{'__builtins__': _ftlab_builtins, '__name__': 'ftlab_grade'})\n"
+            f"_ftlab_space[{call.split('(')[0]!r}]({call.split('(', 1)[1]}\n"
+            "del _ftlab_builtins, _ftlab_space\n")
+
+
+def _ftlab_before(nonce, seed, quiet_otter):
+    import builtins
+    import linecache
+    import random
+    import sys
+    import types
+
+    vault = types.ModuleType("_ftlab_" + nonce)
+    vault.builtins = dict(vars(builtins))
+    vault.meta_path, vault.path_hooks = list(sys.meta_path), list(sys.path_hooks)
+    sys.modules[vault.__name__] = vault
+    # jsonschema (under nbformat, under otter) imports this optional package for the `iri` string
+    # format, which no notebook uses; importing it takes 1.3 s of every submission's time
+    sys.modules.setdefault("rfc3987_syntax", None)
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+    if quiet_otter:
+        try:
+            import otter
+
+            otter.Notebook.init_grading_mode("./no-tests-here")  # export and check_all do nothing
+            otter.Notebook.check = lambda self, question, global_env=None: None
+        except ImportError:
+            pass
+    for key in [k for k, entry in linecache.cache.items()
+                if len(entry) > 2 and any(nonce in line for line in entry[2])]:
+        del linecache.cache[key]  # this cell's source names the vault
+
+
+def _ftlab_restore_interpreter(nonce, notes):
+    """Builtins and import machinery as they were before the learner's first cell; the notebook's
+    folder searched last, so a learner's `otter.py` cannot stand in for the real otter."""
+    import builtins
+    import importlib
+    import os
+    import sys
+    import types
+
+    work = os.getcwd()
+    local = [p for p in sys.path if p in ("", ".") or os.path.abspath(p).startswith(work)]
+    sys.path[:] = [p for p in sys.path if p not in local] + local
+    vault = sys.modules.get("_ftlab_" + nonce)
+    if vault is None:
+        notes.append("tampering: the grader's copy of the builtins was removed")
+        return
+    for hooks, original in ((sys.meta_path, vault.meta_path), (sys.path_hooks, vault.path_hooks)):
+        mine = [h for h in hooks if h not in original and "__main__" in (
+            getattr(h, "__module__", None), getattr(type(h), "__module__", None))]
+        lost = [h for h in original if h not in hooks]
+        if mine or lost:  # hooks libraries add on import are kept; the notebook's own go, lost ones return
+            notes.append("tampering: the notebook changed the import machinery; restored")
+            hooks[:] = [h for h in original] + [h for h in hooks if h not in original and h not in mine]
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    current = vars(builtins)
+    restored = []
+    for name, original in vault.builtins.items():
+        if isinstance(original, (types.BuiltinFunctionType, type)) and current.get(name) is not original:
+            current[name] = original
+            restored.append(name)
+    if restored:
+        notes.append("tampering: builtins replaced by the notebook were put back: " + ", ".join(sorted(restored)))
+
+
+def _ftlab_fresh_codes(module):
+    """qualname -> code object, compiled now from the module's source file (None: no source)."""
+    import types
+
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        top = compile(handle.read(), path, "exec", dont_inherit=True)
+    codes, stack = {}, [top]
+    while stack:
+        for const in stack.pop().co_consts:
+            if isinstance(const, types.CodeType):
+                codes[const.co_qualname] = const
+                stack.append(const)
+    return codes
+
+
+def _ftlab_function_of(value):
+    import types
+
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, property):
+        value = value.fget
+    for _ in range(10):
+        wrapped = getattr(value, "__wrapped__", None)
+        if wrapped is None:
+            break
+        value = wrapped
+    return value if isinstance(value, types.FunctionType) else None
+
+
+def _ftlab_changed_functions():
+    """Names of ftlab functions and methods whose code is not their source's (or that were replaced)."""
+    import sys
+
+    changed = []
+    for name, module in sorted(sys.modules.items()):
+        if module is None or not (name == "ftlab" or name.startswith("ftlab.")):
+            continue
+        codes = _ftlab_fresh_codes(module)
+        if codes is None:
+            continue
+        for qualname, code in codes.items():
+            parts = qualname.split(".")
+            if "<" in qualname or len(parts) > 2:
+                continue  # nested functions, lambdas, comprehensions: checked through their owner
+            owner = vars(module) if len(parts) == 1 else vars(vars(module).get(parts[0], object))
+            if parts[-1] not in owner:
+                if len(parts) == 1 or isinstance(vars(module).get(parts[0]), type):
+                    changed.append(f"{name}.{qualname} (deleted)")
+                continue
+            if not code.co_flags & 0x2:  # no CO_NEWLOCALS: a class body, the name must hold that class
+                value = owner[parts[-1]]
+                if not (isinstance(value, type) and value.__module__ == name and value.__qualname__ == qualname):
+                    changed.append(f"{name}.{qualname}")
+                continue
+            function = _ftlab_function_of(owner[parts[-1]])
+            if function is None or function.__code__ != code:
+                changed.append(f"{name}.{qualname}")
+        for attr, value in list(vars(module).items()):  # the notebook's own functions put into ftlab
+            members = [(attr, value)]
+            if isinstance(value, type) and value.__module__ == name:
+                members += [(f"{attr}.{key}", member) for key, member in vars(value).items()]
+            for label, member in members:
+                function = _ftlab_function_of(member)
+                if function is not None and function.__module__ in ("__main__", None):
+                    changed.append(f"{name}.{label}")
+    return sorted(set(changed))
+
+
+def _ftlab_reimport():
+    """Fresh ftlab modules; the classes of the learner's objects are kept, given their original members."""
+    import importlib
+    import sys
+    import types
+
+    old = {n: m for n, m in sys.modules.items() if n == "ftlab" or n.startswith("ftlab.")}
+    for name in old:
+        del sys.modules[name]
+    fresh = {name: importlib.import_module(name) for name in sorted(old, key=lambda n: n.count("."))}
+    kept = {}
+    skip = {"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__slots__"}
+    for name, module in fresh.items():
+        for attr, new in list(vars(module).items()):
+            was = vars(old[name]).get(attr)
+            if not (isinstance(new, type) and new.__module__ == name and isinstance(was, type)
+                    and was.__module__ == name and was.__qualname__ == new.__qualname__):
+                continue
+            for key in [k for k in vars(was) if k not in vars(new) and k not in skip]:
+                try:
+                    delattr(was, key)
+                except (AttributeError, TypeError):
+                    pass
+            for key, member in vars(new).items():
+                if key in skip or isinstance(member, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                    continue
+                try:
+                    setattr(was, key, member)
+                except (AttributeError, TypeError):
+                    pass
+            kept[new] = was
+    for module in fresh.values():
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, type) and value in kept:
+                setattr(module, attr, kept[value])
+
+
+def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes):
+    """Undo tampering, then run each test file against the learner's names, each under a time limit.
+
+    Returns {question: [{"case": name, "passed": bool, "message": text}, ...]}, JSON-ready."""
+    import builtins
+    import signal
+    import sys
+    import time
+
+    _ftlab_restore_interpreter(nonce, notes)
+    for name in [n for n in sys.modules if n in ("otter", "doctest") or n.startswith("otter.")]:
+        del sys.modules[name]
+    if any(n == "ftlab" or n.startswith("ftlab.") for n in sys.modules):
+        changed = _ftlab_changed_functions()
+        if changed:
+            notes.append("tampering: the notebook changed ftlab functions, restored from their source: "
+                         + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
+            _ftlab_reimport()
+            still = _ftlab_changed_functions()
+            if still:
+                notes.append("ftlab could not be fully restored: " + ", ".join(still[:8]))
+    from otter.nbmeta_config import NBMetadataConfig
+    from otter.test_files import TestCaseResult, create_test_file
+
+    class TimeLimit(BaseException):  # not an Exception: a learner's `except Exception` cannot eat it
+        pass
+
+    def stop(signum, frame):
+        raise TimeLimit(f"the test took longer than its {per_test:.0f} s")
+
+    shadowing = set(vars(builtins))
+    env = {k: v for k, v in learner.items() if k.startswith("__") or k not in shadowing}
+    env["__builtins__"] = builtins
+    deadline = time.monotonic() + seconds
+    results = {}
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        for index, path in enumerate(test_paths):
+            per_test = max(1.0, (deadline - time.monotonic()) / (len(test_paths) - index))
+            test = create_test_file(path, NBMetadataConfig())
+            signal.setitimer(signal.ITIMER_REAL, per_test, 0.5)  # then every 0.5 s until it stops
+            try:
+                test.run(env)
+            except BaseException as error:  # noqa: BLE001 - the test failed, whatever it raised
+                message = f"❌ the test could not run: {type(error).__name__}: {error}"
+                test.test_case_results = [TestCaseResult(test_case=case, message=message, passed=False)
+                                          for case in test.test_cases]
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            results[test.name] = [  # JSON-ready: the test case bodies (functions, for exception tests) stay here
+                {"case": str(r.test_case.name), "passed": bool(r.passed), "message": str(r.message or "")[:20000]}
+                for r in test.test_case_results]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return results
+
+
+def _ftlab_checkpoint(question, nonce, tests_dir, results_dir, grader_pid, give_up_after):
+    """At a `grader.check("q")` cell: fork a process that keeps this moment's state and waits. After
+    the notebook's last cell the grader writes the tests and tests_dir/GO; the process then runs q's
+    test against the state it kept (as otter grades a question where its check cell is)."""
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    learner = sys._getframe(1).f_globals
+    pid = os.fork()
+    if pid:
+        from IPython.display import display
+
+        display({"application/vnd.ftlab.checkpoint+json": {"nonce": nonce, "pid": pid, "question": question}},
+                raw=True)
+        return
+    try:  # the child: quiet, out of the kernel's way, waiting
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts go to the kernel's process group
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)  # OpenMP's pool does not survive fork
+        go, give_up = os.path.join(tests_dir, "GO"), time.monotonic() + give_up_after
+        while not os.path.exists(go):  # even if the kernel dies meanwhile: what was checked counts
+            try:
+                os.kill(grader_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+            if time.monotonic() > give_up:
+                os._exit(0)
+            time.sleep(0.05)
+        with open(go) as handle:
+            seconds = float(handle.read())
+        notes = []
+        try:
+            results = _ftlab_run_tests([os.path.join(tests_dir, question + ".py")], learner, nonce, seconds, notes)
+            text = json.dumps({"nonce": nonce, "tests": results, "notes": notes})
+        except BaseException as error:  # noqa: BLE001 - say why, rather than vanish
+            text = json.dumps({"nonce": nonce, "tests": {}, "notes": notes, "error": f"{type(error).__name__}: {error}"})
+        target = os.path.join(results_dir, f"{question}.{os.getpid()}.json")
+        with open(target + ".tmp", "w") as handle:
+            handle.write(text)
+        os.replace(target + ".tmp", target)
+    finally:
+        os._exit(0)
+
+
+def _ftlab_grade(test_paths, nonce, seconds):
+    """After the notebook's last cell: run the tests of questions that had no check cell, against
+    the final state, and publish every result as one display output."""
+    import sys
+
+    from IPython.display import display
+
+    notes = []
+    learner = sys._getframe(1).f_globals  # called from the cell: the learner's names
+    results = _ftlab_run_tests(test_paths, learner, nonce, seconds, notes) if test_paths else {}
+    display({"application/vnd.ftlab.grade+json": {"nonce": nonce, "tests": results, "notes": notes}}, raw=True)
