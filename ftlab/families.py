@@ -12,6 +12,8 @@ ftlab a new architecture is one `register_family(...)` call:
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -82,9 +84,14 @@ def _bert_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _bert_mask(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
     """The additive attention mask BertModel builds (its helper moved between transformers 4 and 5)."""
     bert = model.bert
-    if hasattr(bert, "_create_attention_masks"):  # transformers >= 5
-        return bert._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                            embedding_output=hidden, encoder_hidden_states=None, cache=None)[0]
+    if hasattr(bert, "_create_attention_masks"):  # transformers >= 5; its arguments changed within 5.x
+        offered = {"attention_mask": attention_mask, "encoder_attention_mask": None, "embedding_output": hidden,
+                   "encoder_hidden_states": None, "cache": None, "past_key_values": None, "cache_position": None}
+        accepted = inspect.signature(bert._create_attention_masks).parameters
+        try:
+            return bert._create_attention_masks(**{k: v for k, v in offered.items() if k in accepted})[0]
+        except TypeError:  # a signature we have not seen: BERT's own additive padding mask
+            return (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
     return bert.get_extended_attention_mask(attention_mask, attention_mask.shape)
 
 

@@ -188,7 +188,7 @@ def graded(assigned, request) -> Course:
                 if getattr(item, "module", None) is sys.modules[__name__] and "graded" in item.fixturenames
                 and "lesson" in getattr(getattr(item, "callspec", None), "params", {})}
     folder = next(iter(assigned.values())).autograder.parent.parent
-    state = Course(folder, assigned, sorted(selected))
+    state = Course(folder, assigned, sorted(lesson for lesson in selected if lesson in assigned))
     yield state
     state.pool.shutdown(wait=True, cancel_futures=True)
 

@@ -262,3 +262,32 @@ def test_family_without_prefix_trains_uncached(convnet_family):
     assert not history.summary["cached_prefix"] and cache_info()["entries"] == 0
     assert torch.equal(model.conv.weight, conv_before)
     assert not torch.equal(model.hidden.weight, hidden_before)
+
+
+def _other_mask_helper(bert, style):
+    """BertModel._create_attention_masks as other transformers 5.x releases spell it."""
+    real = bert._create_attention_masks
+
+    if style == "past_key_values":  # e.g. 5.17: past_key_values and cache_position, no `cache`
+        def helper(attention_mask, encoder_attention_mask, embedding_output, encoder_hidden_states,
+                   past_key_values, cache_position):
+            return real(attention_mask=attention_mask, encoder_attention_mask=encoder_attention_mask,
+                        embedding_output=embedding_output, encoder_hidden_states=encoder_hidden_states, cache=None)
+    else:  # a signature ftlab has never seen: it falls back to BERT's additive padding mask
+        def helper(attention_mask, embedding_output, something_new):
+            raise AssertionError("not callable with the arguments ftlab knows")
+    return helper
+
+
+@pytest.mark.parametrize("style", ["past_key_values", "unknown"])
+def test_bert_prefix_works_across_transformers_mask_helpers(tiny_bert, text_task, style, monkeypatch):
+    """The frozen-prefix path must not depend on one transformers release (an H100 check with
+    transformers 5.17 failed on the `cache` argument before)."""
+    data = encode(tiny_bert, text_task.train)
+    tiny_bert.eval()
+    with torch.no_grad():
+        hidden_states = tiny_bert(**data.inputs, output_hidden_states=True).hidden_states
+    monkeypatch.setattr(tiny_bert.bert, "_create_attention_masks", _other_mask_helper(tiny_bert.bert, style))
+    clear_cache()  # computed now, through the patched helper, not served from an earlier test
+    features = prefix_features(tiny_bert, 3, data, device=CPU)
+    assert torch.allclose(features.inputs["hidden"], hidden_states[2], atol=1e-5)
