@@ -4,10 +4,14 @@
     python bench/grading.py --autograder build/autograder/02_...-autograder_....zip --submissions DIR
     python bench/grading.py --jobs 1 2 4 --size 60
     python bench/grading.py --otter-run 10                   # plain `otter run` on 10 of them too
+    python bench/grading.py --lesson 02 --size 30 --jobs 2   # a class of a real lesson (make assign's code)
 
 Without --submissions the class is made from tests/grading_fixtures (correct, wrong, raising,
 syntax-error, tampering... but no time-limit cases, which would measure the time limit instead),
 repeated to --size notebooks. Without --autograder the tiny lesson is assigned with `otter assign`.
+With --lesson the class is made from that course lesson: its solution, the untouched student
+notebook, the course test's deliberate wrong answer, the solution with a cell that raises, and the
+solution with a syntax error, in turn.
 Each run grades every submission from scratch (--regrade, a fresh results folder) through the
 command line, as CI would. Reports submissions per minute and seconds per submission, including the
 batch's fixed costs (reading the autograder, probing the sandbox); written to bench/results/grading.json.
@@ -59,6 +63,49 @@ def make_class(student: Path, folder: Path, size: int) -> Path:
     return folder
 
 
+def make_lesson_class(prefix: str, folder: Path, size: int) -> tuple[Path, Path]:
+    """(autograder zip, class folder) for the course lesson whose name starts with `prefix`."""
+    assign = _load_script("assign")
+    (source,) = [path for path in assign.lessons() if path.stem.startswith(prefix)] or [None]
+    if source is None:
+        raise SystemExit(f"no lesson {prefix!r} in notebooks/source")
+    made = assign.assign(source, notebooks=folder / "student", autograder=folder / "autograder")
+    solution = json.loads(made.solution.read_text())
+    wrong_spec = json.loads(source.read_text())["metadata"]["ftlab"]["wrong_answer"]
+
+    def variant(kind: str) -> dict:
+        notebook = json.loads(json.dumps(solution))
+        cells = notebook["cells"]
+        code = [i for i, cell in enumerate(cells) if cell["cell_type"] == "code"]
+        if kind == "untouched":
+            return json.loads(made.student.read_text())
+        if kind == "wrong":
+            for cell in cells:
+                text = "".join(cell["source"])
+                if wrong_spec["find"] in text:
+                    cell["source"] = text.replace(wrong_spec["find"], wrong_spec["replace"])
+        elif kind in ("raises", "syntax_error"):
+            source_text = "raise RuntimeError('a learner left this in')" if kind == "raises" else "def broken(:\n"
+            cells.insert(code[len(code) // 2], {"cell_type": "code", "metadata": {}, "execution_count": None,
+                                                "outputs": [], "source": source_text})
+        return notebook
+
+    kinds = ["solution", "untouched", "wrong", "raises", "syntax_error"]
+    (folder / "class").mkdir()
+    for i in range(size):
+        kind = kinds[i % len(kinds)]
+        (folder / "class" / f"learner{i:03d}-{kind}.ipynb").write_text(json.dumps(variant(kind)))
+    return made.autograder, folder / "class"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"ftlab_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def grade(submissions: Path, autograder: Path, jobs: int, out: Path, timeout: float) -> dict:
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "ftlab", "grade", str(submissions), "--autograder", str(autograder),
@@ -95,18 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--autograder", type=Path, help="an otter autograder zip (default: the tiny test lesson)")
     parser.add_argument("--submissions", type=Path, help="a folder of submissions (default: a made-up class)")
+    parser.add_argument("--lesson", help="make the class from this course lesson (e.g. 02)")
     parser.add_argument("--size", type=int, default=30, help="size of the made-up class")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--otter-run", type=int, default=0, metavar="N",
                         help="also time plain `otter run` on the first N submissions, for comparison")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-grading-") as tmp:
         tmp = Path(tmp)
         autograder, student = args.autograder, None
         if autograder is None:
             autograder, student = assign_tiny_lesson(tmp)
         submissions = args.submissions
+        if args.lesson:
+            autograder, submissions = make_lesson_class(args.lesson, tmp, args.size)
         if submissions is None:
             if student is None:
                 raise SystemExit("with --autograder, pass --submissions too (the made-up class fits the tiny lesson)")
@@ -124,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plain otter run: {run['submissions']} submissions in {run['seconds']:.0f} s = "
                   f"{run['per_minute']:.1f} per minute ({run['seconds_each']:.2f} s each; hung: "
                   f"{', '.join(run['hung_and_killed_after_120_s']) or 'none'})", flush=True)
-    result = {"autograder": autograder.name, "submissions": str(args.submissions or f"made-up class of {args.size}"),
-              "cpus": os.cpu_count(), "machine": platform.machine(), "runs": runs}
+    made_up = f"made-up class of {args.size}" + (f" from lesson {args.lesson}" if args.lesson else "")
+    result = {"autograder": autograder.name, "submissions": str(args.submissions or made_up),
+              "cpus": os.cpu_count(), "machine": platform.machine(), "load_before": load_before,
+              "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "grading.json").write_text(json.dumps(result, indent=1))
+    name = f"grading-lesson{args.lesson}-{args.size}.json" if args.lesson else "grading.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=1))
     return 0
 
 
