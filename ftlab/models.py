@@ -1,6 +1,7 @@
 """Pretrained models, each with the input handling that matches its weights.
 
     model = ftlab.models.resnet18(weights="fashion-mnist")   # ftlab's own offline checkpoint
+    ftlab.models.resnet18(weights="fashion-mnist-6")         # the same, pretrained on 6 of the 10 classes
     model.preprocess                                         # grey/colour [0,1] batch -> network input
     old_head = ftlab.models.replace_head(model, 10)          # keep it: forgetting is measured through it
 
@@ -26,13 +27,15 @@ from torch.nn import functional as F
 from .families import family_of, get_path, set_path
 
 __all__ = ["resnet18", "bert", "replace_head", "head_of", "using_head", "ImagePreprocess", "WeightsError",
-           "minilm_dir", "MINILM_SHA256", "FASHION_MEAN", "FASHION_STD"]
+           "minilm_dir", "MINILM_SHA256", "FASHION_MEAN", "FASHION_STD", "FTLAB_WEIGHTS"]
 
 FASHION_MEAN, FASHION_STD = 0.286, 0.353
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # model.safetensors of sentence-transformers/all-MiniLM-L6-v2, revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# resnet18(weights=...) -> the ftlab.pretrain recipe that makes those weights
+FTLAB_WEIGHTS = {"fashion-mnist": "resnet18-fashion-mnist", "fashion-mnist-6": "resnet18-fashion-mnist-6"}
 
 
 class WeightsError(RuntimeError):
@@ -65,25 +68,30 @@ def resnet18(*, weights: str | None = None, num_classes: int | None = None,
     """torchvision's ResNet-18 with `preprocess` attached.
 
     weights: None (random init), "fashion-mnist" (ftlab's own checkpoint, built and cached on first
-             use, see `ftlab pretrain`), or "imagenet" (torchvision's ResNet18_Weights.IMAGENET1K_V1,
-             downloaded when online or found in the torch cache).
+             use, see `ftlab pretrain`), "fashion-mnist-6" (the same recipe on the six garment classes
+             only, a 6-output head: footwear and bags stay unseen), or "imagenet" (torchvision's
+             ResNet18_Weights.IMAGENET1K_V1, downloaded when online or found in the torch cache).
     num_classes: replace the head with a fresh one of this size (the old head is dropped; use
              `replace_head` to keep it).
     image_size: input resolution; defaults to 28 for fashion-mnist/random, 224 for imagenet.
     """
     import torchvision
 
-    if weights not in (None, "fashion-mnist", "imagenet"):
-        raise ValueError(f"weights={weights!r} is not known; use None, 'fashion-mnist' or 'imagenet'")
+    if weights not in (None, "imagenet", *FTLAB_WEIGHTS):
+        raise ValueError(f"weights={weights!r} is not known; use None, "
+                         f"{', '.join(map(repr, FTLAB_WEIGHTS))} or 'imagenet'")
     if weights == "imagenet":
         model = _imagenet_resnet18(progress)
         model.preprocess = ImagePreprocess(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
     else:
-        model = torchvision.models.resnet18(num_classes=10)
-        if weights == "fashion-mnist":
-            from .pretrain import load_pretrained
+        if weights in FTLAB_WEIGHTS:
+            from .pretrain import RECIPES, load_pretrained
 
-            model.load_state_dict(load_pretrained("resnet18-fashion-mnist", progress=progress))
+            recipe = FTLAB_WEIGHTS[weights]
+            model = torchvision.models.resnet18(num_classes=RECIPES[recipe].num_classes)
+            model.load_state_dict(load_pretrained(recipe, progress=progress))
+        else:
+            model = torchvision.models.resnet18(num_classes=10)
         model.preprocess = ImagePreprocess(image_size or 28, (FASHION_MEAN,) * 3, (FASHION_STD,) * 3)
     model.weights_name = weights or "random"
     if num_classes is not None:

@@ -109,6 +109,7 @@ def test_unknown_weights_name_the_valid_ones(weights):
         resnet18(weights=weights)
     message = str(error.value)
     assert repr(weights) in message and "'fashion-mnist'" in message and "'imagenet'" in message
+    assert "'fashion-mnist-6'" in message
 
 
 def test_imagenet_offline_gives_a_clear_weights_error(monkeypatch, tmp_path):
@@ -135,6 +136,17 @@ def test_pretrained_resnet_classifies_fashion_mnist():
     result = ftlab.evaluate(model, task.test)
     assert result["n"] == 1000
     assert result["accuracy"] >= 0.80  # chance is 10%; the full recipe reaches about 89%
+
+
+def test_six_class_pretrained_resnet_has_six_outputs_and_knows_its_classes():
+    """weights="fashion-mnist-6": pretrained on the six garment classes only (footwear and bags held out)."""
+    from ftlab.pretrain import RECIPES
+
+    model = resnet18(weights="fashion-mnist-6")
+    assert model.weights_name == "fashion-mnist-6" and model.fc.out_features == 6
+    task = ftlab.datasets.load("fashion-mnist", classes=list(RECIPES["resnet18-fashion-mnist-6"].classes), n_test=1000)
+    assert ftlab.evaluate(model, task.test)["accuracy"] >= 0.75  # chance is 1/6; the recipe reaches about 84%
+    assert resnet18(weights="fashion-mnist-6", num_classes=4).fc.out_features == 4
 
 
 # --- BERT (all-MiniLM-L6-v2, offline) --------------------------------------------------------------

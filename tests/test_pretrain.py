@@ -77,7 +77,7 @@ def test_card_records_recipe_seed_time_accuracy_sha_and_versions(built):
     card = built["card"]
     recipe = P.RECIPES[TINY]
     assert card["name"] == TINY
-    assert card["recipe"] == dataclasses.asdict(recipe) and card["recipe"]["seed"] == recipe.seed
+    assert card["recipe"] == recipe.record() and card["recipe"]["seed"] == recipe.seed
     assert card["recipe"]["n_train"] == 2048
     assert isinstance(card["train_seconds"], float) and card["train_seconds"] > 0
     assert card["sha256"] == hashlib.sha256(built["bytes"]).hexdigest()
@@ -150,7 +150,7 @@ def _fake_checkpoint(home, payload: bytes = b"not really weights") -> dict:
     path = P.checkpoint_path(TINY)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload)
-    card = {"name": TINY, "recipe": dataclasses.asdict(P.RECIPES[TINY]),
+    card = {"name": TINY, "recipe": P.RECIPES[TINY].record(),
             "sha256": hashlib.sha256(payload).hexdigest(), "test_accuracy": 0.7}
     path.with_suffix(".json").write_text(json.dumps(card))
     return card
@@ -191,3 +191,54 @@ def test_unknown_recipe_names_the_known_ones(ftlab_home):
     for name in P.RECIPES:
         assert name in str(error.value)
     assert not P.checkpoint_path("resnet18-imagenet").exists()
+
+
+# --- recipes on a subset of the classes (the domain-shift lesson's network) ------------------------
+
+def test_recipes_without_classes_keep_the_card_they_always_had():
+    """`classes` entered the Recipe later: a recipe that does not set it must serialise exactly as
+    before, or every checkpoint cached before then would be declared stale and rebuilt."""
+    assert P.RECIPES["resnet18-fashion-mnist"].record() == {
+        "name": "resnet18-fashion-mnist", "epochs": 1, "batch_size": 128, "lr": 0.003,
+        "weight_decay": 0.0005, "n_train": None, "seed": 0}
+    for recipe in P.RECIPES.values():
+        expected = dataclasses.asdict(recipe)
+        if recipe.classes is None:
+            del expected["classes"]
+        assert recipe.record() == json.loads(json.dumps(expected))
+
+
+def test_six_class_recipe_holds_out_footwear_and_bags():
+    recipe = P.RECIPES["resnet18-fashion-mnist-6"]
+    assert recipe.num_classes == 6 and P.RECIPES["resnet18-fashion-mnist"].num_classes == 10
+    held_out = set(ftlab.datasets.FASHION_CLASSES) - set(recipe.classes)
+    assert held_out == {"Sandal", "Sneaker", "Bag", "Ankle boot"}
+    record = recipe.record()
+    assert record["classes"] == list(recipe.classes)  # as JSON stores it, so the card compares equal
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_fashion_tensors_keep_only_the_recipe_classes_relabelled_in_order():
+    classes = ("Bag", "T-shirt/top")
+    images, labels = P._fashion_tensors(train=False, classes=classes)
+    all_images, all_labels = P._fashion_tensors(train=False)
+    assert len(labels) == 2000 and sorted(labels.unique().tolist()) == [0, 1]
+    bags = all_images[all_labels == ftlab.datasets.FASHION_CLASSES.index("Bag")]
+    assert torch.equal(images[labels == 0], bags)  # "Bag" is label 0: the order given, not the original
+    first = P._fashion_tensors(train=False, n=5, classes=classes)
+    assert torch.equal(first[0], images[:5]) and torch.equal(first[1], labels[:5])
+    with pytest.raises(ValueError, match="Sock"):
+        P._fashion_tensors(train=False, classes=("Sock", "Bag"))
+
+
+def test_a_class_subset_recipe_builds_a_head_of_that_size(ftlab_home, monkeypatch):
+    name = "resnet18-fashion-mnist-3-tiny"
+    recipe = P.Recipe(name=name, n_train=256, batch_size=64, classes=("Trouser", "Bag", "Sneaker"))
+    monkeypatch.setitem(P.RECIPES, name, recipe)
+    card = P.pretrain(name, progress=False)
+    assert card["recipe"] == recipe.record() and card["recipe"]["classes"] == ["Trouser", "Bag", "Sneaker"]
+    assert card["architecture"] == "torchvision.models.resnet18(num_classes=3)"
+    assert card["test_images"] == 3000 and card["test_accuracy"] > 0.5  # chance is a third
+    assert P.cache_status(name) == "ok"
+    state = P.load_pretrained(name, progress=False)
+    assert state["fc.weight"].shape == (3, 512)
