@@ -10,6 +10,8 @@ PORT    ?= 8888
 # torch threads per notebook kernel under nbval: 28px images gain nothing from more, and on a shared
 # 2-core machine two threads stall each other (lesson 01: about 30 s with 1, 160 s with 2 under load)
 NB_THREADS ?= 1
+# every notebook under nbval: the student notebooks and, at the same time, the solutions (two processes)
+NBVAL   = OMP_NUM_THREADS=$(NB_THREADS) $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 
 .PHONY: setup lab test demo figures bench assign
 
@@ -29,8 +31,10 @@ lab: setup
 test: $(STAMP)
 	@$(PY) -m ftlab setup --browser
 	@$(PY) -m pytest tests -q
-	@OMP_NUM_THREADS=$(NB_THREADS) $(PY) -m pytest --nbval-lax --nbval-current-env -q notebooks; \
-		status=$$?; rm -f notebooks/.OTTER_LOG notebooks/source/.OTTER_LOG; exit $$status
+	@mkdir -p build; $(NBVAL) notebooks/source > build/nbval-solutions.log 2>&1 & solutions=$$!; \
+		$(NBVAL) notebooks/*.ipynb; students=$$?; wait $$solutions; status=$$?; \
+		echo "--- the solution notebooks (notebooks/source):"; cat build/nbval-solutions.log; \
+		rm -f notebooks/.OTTER_LOG notebooks/source/.OTTER_LOG; [ $$students -eq 0 ] && [ $$status -eq 0 ]
 
 # the course: otter assign on every notebooks/source/*.ipynb (scripts/assign.py); the zips hold the
 # hidden tests and stay in build/ (git-ignored), never in what learners get
