@@ -68,7 +68,7 @@ REPEATED = [lesson for lesson in LESSONS if _REPEAT_ALL or lesson == _FIRST]
 
 def repeats(lesson: str) -> int:
     return int(_REPEAT_ALL) if _REPEAT_ALL else (3 if lesson in REPEATED else 1)
-GRADE_TIMEOUT = 900  # seconds for one grading (a lesson runs in under 3 minutes)
+GRADE_TIMEOUT = 1800  # seconds for one grading: a lesson runs in 1-3 minutes, 10-17 on a machine at load 10
 
 
 # --- grading one submission, in its own process ---------------------------------------------
