@@ -33,7 +33,7 @@ from .sandbox import (Isolation, Limits, SandboxError, default_ftlab_home, kill_
                       run_sandbox, sandbox_environment)
 from .scoring import interpret, otter_results, zero_result
 from .submissions import NoSubmissions, Submission, find_submissions, notebook_file_name, precheck, slug
-from .view import plan_view
+from .view import SYSTEM_DIRS, plan_view
 
 __all__ = ["grade_batch", "BatchReport", "GradingCannotRun", "grade_from_cli", "GRADER_VERSION"]
 
@@ -88,6 +88,10 @@ def _view_inputs(paths: Sequence[Path], out: Path, ag_path: Path, work_root: Pat
         hide.append(package.parent)
     if sys.prefix != sys.base_prefix:
         hide.append(Path(sys.prefix).resolve().parent)
+    # every other top-level folder that is not the operating system's (/work, /root, /data, /builds...):
+    # another checkout of the course elsewhere on the grading machine holds the hidden tests too
+    hide += [p for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink() and str(p) not in SYSTEM_DIRS
+             and str(p) not in ("/tmp", "/lost+found")]
     scratch = ["/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()]
     return plan_view(hide=hide, keep=sorted(keep), scratch=scratch)
 
