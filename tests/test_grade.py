@@ -204,6 +204,34 @@ def test_a_killed_batch_resumes_without_regrading_and_ends_with_the_same_csv(ass
         assert final[learner] == full[learner]
 
 
+def test_sigterm_stops_the_batch_at_once_and_a_rerun_completes_it(assignment, batch, tmp_path):
+    """A cancelled CI job sends SIGTERM: the batch stops now (it used to grade every queued notebook
+    first), saves nothing for the notebook it interrupted, and the next run finishes the class."""
+    names = ["correct", "empty", "not_a_notebook", "one_wrong", "raises", "syntax_error"]
+    folder = class_spec.build_class(assignment["student"], tmp_path / "class", names=names)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ftlab", "grade", str(folder), "--autograder", str(assignment["zip"]),
+            "--out", str(out), "--quiet", "--jobs", "1"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "results").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    saved = list((out / "results").glob("*.json"))
+    assert 1 <= len(saved) < len(names), f"{len(saved)} of {len(names)} graded: it went on after SIGTERM"
+    for path in saved:
+        assert json.loads(path.read_text())["ftlab"]["status"] != "crashed"  # nothing saved as the learner's fault
+    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full, final = _csv(batch["out"] / "grades.csv"), _csv(out / "grades.csv")
+    assert list(final) == names
+    for learner in names:
+        assert final[learner] == full[learner]
+
+
 # --- exit status: 0 when grading ran, 1 when it could not -----------------------------------
 
 def test_only_unrunnable_submissions_still_grade_and_exit_zero(assignment, tmp_path, capsys):

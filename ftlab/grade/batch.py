@@ -190,10 +190,13 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     for k in range(jobs):
         slots.put(k)
     broken = threading.Event()
+    stopping = threading.Event()  # interrupted: what is still running is killed, and not saved
 
     def grade_one(index: int, sub: Submission) -> SubmissionResult:
         slot = slots.get()
         try:
+            if stopping.is_set():
+                return zero_result(sub, ag, "grader-error", "interrupted before it was graded")
             job = _job(sub, ag, limits, view, threads)
             job["mode"] = chosen.mode
             job["uid"] = None if chosen.uid_base is None else chosen.uid_base + slot
@@ -202,6 +205,9 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
             _stage(staging, sub, ag, job)
             outcome = run_sandbox(staging, {n: d.decode("utf-8") for n, d in ag.tests.items()}, isolation=chosen,
                                   timeout_s=limits.timeout_s, env=env, log=work_root / f"job-{index}.log")
+            if stopping.is_set():  # killed by the interruption, not by its own doing: graded next run
+                shutil.rmtree(staging, ignore_errors=True)
+                return zero_result(sub, ag, "grader-error", "interrupted while graded")
             result, otter = interpret(outcome, sub, ag, limits)
             if before is not None and _grader_files_digest() != before:
                 broken.set()
@@ -231,16 +237,13 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(grade_one, i, sub): sub for i, sub in enumerate(to_run)}
-            for future in concurrent.futures.as_completed(futures):
-                result = future.result()
-                results[result.learner] = result
-                if bar is not None:
-                    bar.set_postfix_str(f"{result.learner}: {result.total:g}/{result.max_total:g}", refresh=False)
-                    bar.update()
-                if broken.is_set():
-                    for other in futures:
-                        other.cancel()
-                    kill_running()
+            try:
+                _collect(futures, results, bar, broken)
+            except BaseException:  # Ctrl-C or SIGTERM (a cancelled CI job): stop now, don't drain the queue
+                stopping.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                kill_running()
+                raise
     except BaseException:
         kill_running()
         raise
@@ -277,6 +280,20 @@ def format_report(report: BatchReport) -> str:
     lines += [f"note: {n}" for n in report.notes]
     lines.append(f"wrote {report.out / 'grades.csv'}, {report.out / 'junit.xml'}, {report.out / 'results'}/")
     return "\n".join(lines)
+
+
+def _collect(futures: dict, results: dict, bar, broken: threading.Event) -> None:
+    """Take each submission's result as it finishes; after tampering with the grader, stop the rest."""
+    for future in concurrent.futures.as_completed(futures):
+        result = future.result()
+        results[result.learner] = result
+        if bar is not None:
+            bar.set_postfix_str(f"{result.learner}: {result.total:g}/{result.max_total:g}", refresh=False)
+            bar.update()
+        if broken.is_set():
+            for other in futures:
+                other.cancel()
+            kill_running()
 
 
 def grade_from_cli(args) -> int:
