@@ -25,7 +25,8 @@ setup: $(STAMP)
 
 lab: setup
 	@cd notebooks && ../$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) \
-		$$( [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ] || echo --no-browser )
+		$$( [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ] || echo --no-browser ) \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )  # containers and CI machines often run as root
 
 # the test suite also needs Debian's chromium for its real-browser dashboard test
 test: $(STAMP)
