@@ -38,11 +38,17 @@ BENCH_CASES = ["correct", "one_wrong", "raises", "syntax_error", "prints_megabyt
                "tamper_otter", "tamper_ftlab", "tamper_tests", "reads_hidden_tests"]
 
 
-def _class_spec():
-    spec = importlib.util.spec_from_file_location("class_spec", FIXTURES / "class_spec.py")
+def _load(path: Path, name: str):
+    """A Python file that is not in a package (tests' fixtures, scripts/), loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def _class_spec():
+    return _load(FIXTURES / "class_spec.py", "class_spec")
 
 
 def assign_tiny_lesson(folder: Path) -> tuple[Path, Path]:
@@ -65,7 +71,7 @@ def make_class(student: Path, folder: Path, size: int) -> Path:
 
 def make_lesson_class(prefix: str, folder: Path, size: int) -> tuple[Path, Path]:
     """(autograder zip, class folder) for the course lesson whose name starts with `prefix`."""
-    assign = _load_script("assign")
+    assign = _load(ROOT / "scripts" / "assign.py", "ftlab_assign")
     (source,) = [path for path in assign.lessons() if path.stem.startswith(prefix)] or [None]
     if source is None:
         raise SystemExit(f"no lesson {prefix!r} in notebooks/source")
@@ -97,13 +103,6 @@ def make_lesson_class(prefix: str, folder: Path, size: int) -> tuple[Path, Path]
         (folder / "class" / f"learner{i:03d}-{kind}.ipynb").write_text(json.dumps(variant(kind)))
     return made.autograder, folder / "class"
 
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"ftlab_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def grade(submissions: Path, autograder: Path, jobs: int, out: Path, timeout: float) -> dict:
