@@ -14,7 +14,9 @@ notebook, the course test's deliberate wrong answer, the solution with a cell th
 solution with a syntax error, in turn.
 Each run grades every submission from scratch (--regrade, a fresh results folder) through the
 command line, as CI would. Reports submissions per minute and seconds per submission, including the
-batch's fixed costs (reading the autograder, probing the sandbox); written to bench/results/grading.json.
+batch's fixed costs (reading the autograder, probing the sandbox), and how each kind of submission
+scored: copies of one notebook must all score the same, and none may crash or time out (else exit 1);
+written to bench/results/grading.json (grading-lessonNN-SIZE.json with --lesson).
 The machine is shared and noisy (±25%): repeat for a range.
 """
 from __future__ import annotations
@@ -117,7 +119,24 @@ def grade(submissions: Path, autograder: Path, jobs: int, out: Path, timeout: fl
     isolation = re.search(r"protections \((\w+)\)", done.stdout)
     return {"jobs": jobs, "submissions": count, "seconds": round(seconds, 1),
             "per_minute": round(count / seconds * 60, 1), "seconds_each": round(seconds / count, 2),
-            "isolation": isolation.group(1) if isolation else "?"}
+            "isolation": isolation.group(1) if isolation else "?", **scores_by_kind(out / "grades.csv")}
+
+
+def scores_by_kind(csv_path: Path) -> dict:
+    """How each kind of submission scored ("learner007-wrong": kind "wrong"). Every copy of one kind is
+    the same notebook, so every copy must get the same score: a difference is a grading failure."""
+    import csv
+    from collections import Counter, defaultdict
+
+    seen = defaultdict(Counter)
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            kind = row["learner"].split("-", 1)[-1]
+            seen[kind][f"{row['total']}/{row['possible']} {row['status']}"] += 1
+    failures = [f"{kind}: {dict(counts)}" for kind, counts in seen.items() if len(counts) > 1]
+    failures += [f"{kind}: {status}" for kind, counts in seen.items() for status in counts
+                 if status.split()[1] in ("crashed", "timed-out", "grader-error")]
+    return {"scores": {kind: dict(counts) for kind, counts in seen.items()}, "failures": failures}
 
 
 def otter_run(submissions: Path, autograder: Path, count: int, out: Path) -> dict:
@@ -166,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             run = grade(submissions, autograder, jobs, tmp / f"out-{jobs}", args.timeout)
             runs.append(run)
             print(f"jobs {jobs}: {run['submissions']} submissions in {run['seconds']:.0f} s = "
-                  f"{run['per_minute']:.1f} per minute ({run['seconds_each']:.2f} s each, {run['isolation']})",
-                  flush=True)
+                  f"{run['per_minute']:.1f} per minute ({run['seconds_each']:.2f} s each, {run['isolation']}); "
+                  f"failures: {'; '.join(run['failures']) or 'none'}", flush=True)
         if args.otter_run:
             run = otter_run(submissions, autograder, args.otter_run, tmp / "otter-run")
             runs.append(run)
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     name = f"grading-lesson{args.lesson}-{args.size}.json" if args.lesson else "grading.json"
     (RESULTS / name).write_text(json.dumps(result, indent=1))
-    return 0
+    return 1 if any(run.get("failures") for run in runs) else 0
 
 
 if __name__ == "__main__":

@@ -56,15 +56,15 @@ def _minilm() -> tuple[bool, str]:
     return True, f"{folder} (sha256 verified)"
 
 
-def _ftlab_resnet() -> tuple[bool, str]:
+def _ftlab_resnet(name: str) -> tuple[bool, str]:
     from .pretrain import cache_status, checkpoint_path, read_card
 
-    status = cache_status("resnet18-fashion-mnist")
+    status = cache_status(name)
     if status == "ok":
-        card = read_card("resnet18-fashion-mnist")
-        return True, (f"{checkpoint_path('resnet18-fashion-mnist')} (test accuracy "
+        card = read_card(name)
+        return True, (f"{checkpoint_path(name)} (test accuracy "
                       f"{card['test_accuracy']:.1%}, built in {card['train_seconds']:.0f} s)")
-    return False, f"{status}: built on first use, or now with `ftlab pretrain resnet18-fashion-mnist`"
+    return False, f"{status}: built on first use, or now with `ftlab pretrain {name}`"
 
 
 def _imagenet() -> tuple[bool, str]:
@@ -99,7 +99,8 @@ def report() -> dict:
             "bbc-news": _bbc(),
         },
         "weights": {
-            "resnet18 fashion-mnist (ftlab)": _ftlab_resnet(),
+            "resnet18 fashion-mnist (ftlab)": _ftlab_resnet("resnet18-fashion-mnist"),
+            "resnet18 fashion-mnist-6 (ftlab)": _ftlab_resnet("resnet18-fashion-mnist-6"),
             "bert all-MiniLM-L6-v2": _minilm(),
             "resnet18 imagenet (torchvision)": _imagenet(),
         },

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .store import temporary_sibling
 
 __all__ = ["Recipe", "RECIPES", "pretrain", "load_pretrained", "checkpoint_path", "read_card"]
 
@@ -181,14 +182,15 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
     test_images, test_labels = _fashion_tensors(train=False, classes=recipe.classes)
     accuracy = _accuracy(model, test_images, test_labels)
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = checkpoint_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     # write to a temporary file and rename: a crash never leaves a half-written checkpoint behind
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path))
+    tmp_path = temporary_sibling(path)
+    # bytes written by us, not save_file: safetensors creates its files 0600, unreadable to the other
+    # accounts of a shared cache (a JupyterHub's, a grading machine's)
+    tmp_path.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
     card = {
         "name": name, "architecture": f"torchvision.models.resnet18(num_classes={recipe.num_classes})",
         "data": "Fashion-MNIST training set (official 60k, or the first n_train)" + (
@@ -200,7 +202,7 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
         "threads": torch.get_num_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     os.replace(tmp_path, path)
-    card_tmp = path.with_suffix(".json.tmp")
+    card_tmp = temporary_sibling(path.with_suffix(".json"))
     card_tmp.write_text(json.dumps(card, indent=2))
     os.replace(card_tmp, path.with_suffix(".json"))
     print(f"ftlab: {name}: test accuracy {accuracy:.1%} after {train_seconds:.0f} s", file=sys.stderr)

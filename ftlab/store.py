@@ -15,10 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
-__all__ = ["RunStore", "describe_key"]
+__all__ = ["RunStore", "describe_key", "temporary_sibling"]
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique name next to `path`, to write to and then rename over `path` (atomic on one filesystem).
+
+    The file is opened the ordinary way, so it gets the user's umask (usually 0644); tempfile's 0600
+    would hide a shared cache (a JupyterHub's, a course machine's) from every other account."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def describe_key(description: dict) -> str:
@@ -44,10 +52,9 @@ class RunStore:
     def put(self, key: str, record: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(record, default=str)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
+        temporary = temporary_sibling(path)
+        temporary.write_text(json.dumps(record, default=str))
+        os.replace(temporary, path)
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()

@@ -23,7 +23,9 @@ def check_doctor_output(out: str) -> None:
     for name in ("fashion-mnist", "digits", "bbc-news"):
         assert any(re.match(rf"\s+(ok|--)\s+{re.escape(name)}\s", row) for row in dataset_rows), name
     weight_rows = lines[weights + 1:]
-    for name in ("resnet18 fashion-mnist (ftlab)", "bert all-MiniLM-L6-v2", "resnet18 imagenet (torchvision)"):
+    names = ("resnet18 fashion-mnist (ftlab)", "resnet18 fashion-mnist-6 (ftlab)",
+             "bert all-MiniLM-L6-v2", "resnet18 imagenet (torchvision)")
+    for name in names:
         assert any(name in row for row in weight_rows), name
     # on this machine the offline data and MiniLM are installed: they must show as working
     assert any(re.match(r"\s+ok\s+digits\s", row) for row in dataset_rows)

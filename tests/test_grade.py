@@ -232,6 +232,45 @@ def test_sigterm_stops_the_batch_at_once_and_a_rerun_completes_it(assignment, ba
         assert final[learner] == full[learner]
 
 
+
+@pytest.mark.parametrize("isolation", ["auto", "process"])
+def test_grader_code_changing_mid_batch_stops_it_without_blaming_a_learner(assignment, batch, tmp_path, capsys,
+                                                                           monkeypatch, isolation):
+    """ftlab upgraded or edited while a class is graded (seen here: an edit to ftlab/pretrain.py during
+    a batch of 30 made ftlab's in-kernel check restore "tampered" functions, and a correct notebook
+    scored 5/11). With namespaces notebooks cannot write the grader's files, so the notebook graded at
+    that moment is not saved and the batch stops; without them the notebook may be the culprit."""
+    import ftlab.grade.batch
+
+    names = ["correct", "one_wrong", "raises"]
+    folder = class_spec.build_class(assignment["student"], tmp_path / "class", names=names)
+    calls = []
+
+    def digest():  # the batch's starting digest and the check after the first notebook agree; then it changes
+        calls.append(1)
+        return "the code the batch started with" if len(calls) <= 2 else "edited"
+
+    monkeypatch.setattr(ftlab.grade.batch, "_grader_files_digest", digest)
+    args = ["grade", str(folder), "--autograder", str(assignment["zip"]), "--out", str(tmp_path / "out"),
+            "--jobs", "1", "--quiet", "--isolation", isolation]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    saved = [json.loads(path.read_text())["ftlab"] for path in (tmp_path / "out" / "results").glob("*.json")]
+    saved = {result["learner"]: result for result in saved}
+    namespaces = batch["namespaces"] and isolation == "auto"
+    if namespaces:
+        assert "changed during the batch" in err and "run the same command again" in err
+        assert list(saved) == ["correct"] and saved["correct"]["status"] == "graded"  # the rest: next run
+    else:
+        assert "changed the grader's own files" in err
+        assert saved["one_wrong"]["status"] == "crashed" and "tampering" in saved["one_wrong"]["reason"]
+    assert "raises" not in saved  # nothing started after the change
+    monkeypatch.undo()
+    assert main(args) == 0  # the same command, unchanged code: the class is finished
+    if namespaces:
+        final, full = _csv(tmp_path / "out" / "grades.csv"), _csv(batch["out"] / "grades.csv")
+        assert {k: final[k] for k in names} == {k: full[k] for k in names}
+
 # --- exit status: 0 when grading ran, 1 when it could not -----------------------------------
 
 def test_only_unrunnable_submissions_still_grade_and_exit_zero(assignment, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 
 import pytest
@@ -69,6 +70,10 @@ def test_build_writes_safetensors_and_card_in_ftlab_home(built, tiny_home):
     assert path == tiny_home / "models" / f"{TINY}.safetensors" and path.exists()
     assert path.with_suffix(".json").exists()
     assert not list(path.parent.glob("*.tmp"))  # no temporary files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (path, path.with_suffix(".json")):  # readable by the other accounts of a shared cache
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
     assert built["warnings"] == []  # a missing checkpoint is built, not warned about
     assert json.loads(path.with_suffix(".json").read_text()) == built["card"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import pytest
@@ -148,6 +149,17 @@ def test_threads_writing_different_keys_all_land(tmp_path):
         thread.join()
     assert len(store) == 20
     assert all(store.get(describe_key({"n": n})) == {"n": n} for n in range(20))
+
+
+def test_records_follow_the_umask_so_a_shared_cache_is_readable_by_all(tmp_path):
+    old = os.umask(0o022)  # the usual umask; tempfile's private 0600 would ignore it
+    try:
+        store = RunStore(tmp_path)
+        store.put(describe_key({"n": 1}), {"n": 1})
+    finally:
+        os.umask(old)
+    (record,) = tmp_path.glob("*/*.json")
+    assert record.stat().st_mode & 0o777 == 0o644
 
 
 def test_the_key_ignores_key_order_but_not_values():

@@ -185,7 +185,10 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     if to_run:
         probe_job = _job(to_run[0], ag, limits, view, threads)
         chosen = probe_isolation(isolation, job=probe_job, slots=jobs, env=env, work_root=work_root)
-    before = _grader_files_digest() if chosen.mode == "process" and to_run else None
+    # the grading code must stay the same for the whole batch: without namespaces a notebook could
+    # rewrite it; with them it is read-only to notebooks, so a change is an upgrade or an edit from outside
+    # (ftlab's in-kernel check would then take the new source for tampering, and mis-score the notebook)
+    before = _grader_files_digest() if to_run else None
     slots: queue.Queue[int] = queue.Queue()
     for k in range(jobs):
         slots.put(k)
@@ -195,7 +198,7 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     def grade_one(index: int, sub: Submission) -> SubmissionResult:
         slot = slots.get()
         try:
-            if stopping.is_set():
+            if stopping.is_set() or broken.is_set():
                 return zero_result(sub, ag, "grader-error", "interrupted before it was graded")
             job = _job(sub, ag, limits, view, threads)
             job["mode"] = chosen.mode
@@ -211,6 +214,10 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
             result, otter = interpret(outcome, sub, ag, limits)
             if before is not None and _grader_files_digest() != before:
                 broken.set()
+                if chosen.mode != "process":  # not the notebook's doing: not saved, graded on the next run
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return zero_result(sub, ag, "grader-error", "ftlab's or otter's files changed while it was "
+                                       "graded (an upgrade or an edit); graded again on the next run")
                 result = zero_result(sub, ag, "crashed", "tampering: the notebook changed the grader's own files "
                                                    "(ftlab or otter); the batch stops", outcome.seconds)
                 otter = None
@@ -250,9 +257,13 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     finally:
         if bar is not None:
             bar.close()
-    if broken.is_set():
+    if broken.is_set() and chosen.mode == "process":
         raise GradingCannotRun("a notebook changed the grader's own files (ftlab or otter) while graded without "
                                "namespaces; reinstall them and grade again (results so far are kept)")
+    if broken.is_set():
+        raise GradingCannotRun("ftlab's or otter's files changed during the batch (an upgrade or an edit of the "
+                               "installed code), so the rest would be graded by different code; results so far "
+                               "are kept: run the same command again to grade the rest with the new code")
     ordered = [results[s.learner] for s in subs if s.learner in results]
     questions = list(ag.questions)
     write_csv(out / "grades.csv", ordered, questions)
