@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .store import temporary_sibling
+from .store import write_atomic
 
 __all__ = ["Recipe", "RECIPES", "pretrain", "load_pretrained", "checkpoint_path", "read_card"]
 
@@ -186,11 +186,9 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
 
     path = checkpoint_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # write to a temporary file and rename: a crash never leaves a half-written checkpoint behind
-    tmp_path = temporary_sibling(path)
-    # bytes written by us, not save_file: safetensors creates its files 0600, unreadable to the other
-    # accounts of a shared cache (a JupyterHub's, a grading machine's)
-    tmp_path.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    # bytes made here and written by write_atomic: a crash never leaves a half-written checkpoint, and
+    # the file gets the umask (safetensors' save_file creates 0600 files, unreadable in a shared cache)
+    data = save({k: v.contiguous() for k, v in model.state_dict().items()})
     card = {
         "name": name, "architecture": f"torchvision.models.resnet18(num_classes={recipe.num_classes})",
         "data": "Fashion-MNIST training set (official 60k, or the first n_train)" + (
@@ -198,13 +196,11 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
         "input": "grey 28x28 in [0,1], repeated to 3 channels, normalised with mean 0.286 / std 0.353",
         "recipe": recipe.record(), "schedule": "AdamW + OneCycleLR, no augmentation",
         "train_seconds": round(train_seconds, 1), "test_accuracy": round(accuracy, 4),
-        "test_images": len(test_labels), "sha256": _sha256(tmp_path), "versions": _versions(),
+        "test_images": len(test_labels), "sha256": hashlib.sha256(data).hexdigest(), "versions": _versions(),
         "threads": torch.get_num_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    os.replace(tmp_path, path)
-    card_tmp = temporary_sibling(path.with_suffix(".json"))
-    card_tmp.write_text(json.dumps(card, indent=2))
-    os.replace(card_tmp, path.with_suffix(".json"))
+    write_atomic(path, data)
+    write_atomic(path.with_suffix(".json"), json.dumps(card, indent=2).encode())
     print(f"ftlab: {name}: test accuracy {accuracy:.1%} after {train_seconds:.0f} s", file=sys.stderr)
     return card
 

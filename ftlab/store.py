@@ -18,15 +18,18 @@ import os
 import uuid
 from pathlib import Path
 
-__all__ = ["RunStore", "describe_key", "temporary_sibling"]
+__all__ = ["RunStore", "describe_key", "write_atomic"]
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A unique name next to `path`, to write to and then rename over `path` (atomic on one filesystem).
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a unique name next to `path`, then rename it over `path` (atomic on one
+    filesystem): a reader sees the old file or the new one, never half of one.
 
-    The file is opened the ordinary way, so it gets the user's umask (usually 0644); tempfile's 0600
-    would hide a shared cache (a JupyterHub's, a course machine's) from every other account."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    The file is opened the ordinary way, so it gets the user's umask (usually 0644); tempfile's and
+    safetensors' 0600 would hide a shared cache (a JupyterHub's, a course machine's) from other accounts."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def describe_key(description: dict) -> str:
@@ -52,9 +55,7 @@ class RunStore:
     def put(self, key: str, record: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = temporary_sibling(path)
-        temporary.write_text(json.dumps(record, default=str))
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(record, default=str).encode())
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()

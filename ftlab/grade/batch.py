@@ -257,13 +257,13 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     finally:
         if bar is not None:
             bar.close()
-    if broken.is_set() and chosen.mode == "process":
-        raise GradingCannotRun("a notebook changed the grader's own files (ftlab or otter) while graded without "
-                               "namespaces; reinstall them and grade again (results so far are kept)")
     if broken.is_set():
-        raise GradingCannotRun("ftlab's or otter's files changed during the batch (an upgrade or an edit of the "
-                               "installed code), so the rest would be graded by different code; results so far "
-                               "are kept: run the same command again to grade the rest with the new code")
+        raise GradingCannotRun(
+            "a notebook changed the grader's own files (ftlab or otter) while graded without namespaces; "
+            "reinstall them and grade again (results so far are kept)" if chosen.mode == "process" else
+            "ftlab's or otter's files changed during the batch (an upgrade or an edit of the installed code), so "
+            "the rest would be graded by different code; results so far are kept: run the same command again "
+            "to grade the rest with the new code")
     ordered = [results[s.learner] for s in subs if s.learner in results]
     questions = list(ag.questions)
     write_csv(out / "grades.csv", ordered, questions)
