@@ -22,17 +22,18 @@ from .freezing import blocks
 from .history import History
 from .measures import final_row, forgetting
 from .store import RunStore, describe_key
+from .settings import FitSettings, defaults
 from .training import Source, evaluate, fit, resolve_device
 
 __all__ = ["run", "sweep", "SETTINGS", "RunResult"]
 
-# fit's arguments that describe a run (everything but plumbing: progress bars, callbacks, caches)
-_PLUMBING = {"model", "task", "source", "progress", "callbacks", "stop_event", "cache_frozen", "eval_batch_size"}
-SETTINGS = {name: p.default for name, p in inspect.signature(fit).parameters.items()
-            if name not in _PLUMBING}
+# what describes a run: the fields of FitSettings, with their defaults (lr and epochs have none)
+SETTINGS = defaults()
 
 
 def _check_settings(settings: dict) -> dict:
+    if not isinstance(settings, dict):
+        raise TypeError(f"settings must be a dict of fit settings, e.g. {{'epochs': 5}}, got {type(settings).__name__}")
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; valid settings are {sorted(SETTINGS)}")
@@ -40,6 +41,7 @@ def _check_settings(settings: dict) -> dict:
     missing = [name for name in ("lr", "epochs") if full[name] is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"every run needs {' and '.join(missing)}: put them in grid or settings")
+    FitSettings(**full)  # every value checked in one place, before any run starts
     return full
 
 
@@ -146,14 +148,19 @@ def sweep(model: nn.Module, task, *, grid: dict[str, Sequence], settings: dict |
     forgetting (with a source), epochs run, seconds, trainable parameters, and whether it came from
     the store. `settings` fixes the other fit arguments (e.g. {"epochs": 5, "patience": 2}).
     """
-    if not grid:
-        raise ValueError("grid must name at least one setting to vary, e.g. {'lr': [1e-4, 1e-3]}")
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"grid must be a dict naming at least one setting to vary, e.g. {{'lr': [1e-4, 1e-3]}}, "
+                         f"got {grid!r}")
     overlap = set(grid) & set(settings or {})
     if overlap:
         raise ValueError(f"{sorted(overlap)} appear in both grid and settings; put each in one place")
     for name, values in grid.items():
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or len(list(values)) == 0:
+        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
             raise ValueError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
+    grid = {name: list(values) for name, values in grid.items()}  # any iterable, read once (a generator too)
+    empty = [name for name, values in grid.items() if not values]
+    if empty:
+        raise ValueError(f"grid[{empty[0]!r}] must be a non-empty list of values, got an empty one")
     if "frozen_depth" in grid:  # check depths against the model before running anything
         limit = len(blocks(model))
         bad = [d for d in grid["frozen_depth"] if not (isinstance(d, int) and 0 <= d <= limit)]

@@ -19,7 +19,8 @@ from torch import nn
 
 import ftlab
 from ftlab.history import History
-from ftlab.training import _optimizer, resolve_device
+from ftlab.optim import make_optimizer
+from ftlab.training import resolve_device
 
 from conftest import make_image_task, make_text_task, make_tiny_bert, make_tiny_resnet
 
@@ -323,7 +324,7 @@ def test_head_lr_trains_the_head_while_a_tiny_lr_leaves_the_body():
 
 def test_optimizer_groups_split_head_and_body_and_skip_decay_on_vectors(tiny_resnet):
     ftlab.freeze(tiny_resnet, 2)
-    opt = _optimizer(tiny_resnet, "adamw", 1e-3, 5e-2, 0.1)
+    opt = make_optimizer(tiny_resnet, lr=1e-3, head_lr=5e-2, weight_decay=0.1)
     assert isinstance(opt, torch.optim.AdamW)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     trainable = [(n, p) for n, p in tiny_resnet.named_parameters() if p.requires_grad]
@@ -337,7 +338,7 @@ def test_optimizer_groups_split_head_and_body_and_skip_decay_on_vectors(tiny_res
 
 
 def test_sgd_uses_momentum_and_trains():
-    opt = _optimizer(make_tiny_resnet(), "sgd", 1e-2, 1e-2, 0.0)
+    opt = make_optimizer(make_tiny_resnet(), name="sgd", lr=1e-2, weight_decay=0.0)
     assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in opt.param_groups)
     model, history = probe(make_image_task(n=16), optimizer="sgd", lr=0.05, epochs=3)
     frame = history.to_frame()
