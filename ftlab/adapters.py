@@ -21,7 +21,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .families import family_of, get_path, set_path
+from .families import family_of, get_path, pooler_path, set_path
 from .freezing import blocks
 
 __all__ = ["Adapter", "WithAdapter", "add_adapters", "adapters_disabled"]
@@ -87,12 +87,17 @@ def add_adapters(model: nn.Module, *, bottleneck: int = 16, after: list[str] | N
     """Freeze `model`, put an adapter after each chosen block, and let adapters and the head train.
 
     after: block names from `ftlab.blocks(model)` (e.g. ["layer3", "layer4"], ["layer.0"]);
-           None puts one after every block. In place; returns the model.
+           None puts one after every block but BERT's pooler (its output is what the classifier
+           reads, not token vectors). In place; returns the model.
     BERT's pooler stays frozen with the rest, so switching the adapters off gives the pretrained model.
     """
     named = blocks(model)
     names = [name for name, _ in named]
-    chosen = names if after is None else list(after)
+    pooler = pooler_path(model)
+    if after is None:
+        chosen = [name for name, block in named if pooler is None or block is not get_path(model, pooler)]
+    else:
+        chosen = list(after)
     unknown = [name for name in chosen if name not in names]
     if unknown or not chosen:
         raise ValueError(f"after must name blocks of this model ({', '.join(names)}), got {after!r}")

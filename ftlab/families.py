@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["Family", "family_of", "register_family", "FAMILIES", "get_path", "set_path"]
+__all__ = ["Family", "family_of", "register_family", "FAMILIES", "get_path", "set_path", "bert_pooling", "mean_pool",
+           "pooler_path"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class Family:
     matches: Callable[[nn.Module], bool]
     blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]]  # from the input, head excluded
     head: str  # dotted path of the classification layer that replace_head swaps
-    head_extra: tuple[str, ...] = field(default=())  # modules between blocks and head (e.g. BERT's pooler)
+    head_extra: tuple[str, ...] = field(default=())  # modules between blocks and head that train with it
+    # A block the head reads through (BERT's pooler): replace_head keeps a copy of it with the old
+    # head, because the old head only means something on top of it as it was.
+    pooler: str | None = None
     # Optional, for the frozen-prefix cache: run the first k blocks / everything after them.
     # prefix(model, k, inputs) -> features;  suffix(model, k, features) -> logits.
     # `inputs` and `features` are dicts of tensors whose first dimension is the batch.
@@ -44,6 +48,17 @@ def get_path(model: nn.Module, path: str) -> nn.Module:
 def set_path(model: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
+
+
+def pooler_path(model: nn.Module) -> str | None:
+    """Where the block the head reads through sits (BERT's pooler), if the model has one."""
+    path = family_of(model).pooler
+    if path is None:
+        return None
+    try:
+        return path if get_path(model, path) is not None else None
+    except AttributeError:  # the attribute is None (mean pooling): get_submodule refuses it
+        return None
 
 
 def _is_resnet(model: nn.Module) -> bool:
@@ -76,9 +91,25 @@ def _is_bert(model: nn.Module) -> bool:
     return hasattr(model, "bert") and hasattr(model, "classifier") and hasattr(model.bert, "encoder")
 
 
+def bert_pooling(model: nn.Module) -> str:
+    """'cls' ([CLS] token through the pretrained pooler) or 'mean' (masked mean of the token vectors)."""
+    return getattr(model, "pooling", "cls")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, H) token vectors -> (B, H): their mean over the real tokens, padding left out."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1): 1 for a token, 0 for padding
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)  # as sentence-transformers
+
+
 def _bert_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     layers = model.bert.encoder.layer
-    return [("embeddings", model.bert.embeddings)] + [(f"layer.{i}", layer) for i, layer in enumerate(layers)]
+    named = [("embeddings", model.bert.embeddings)] + [(f"layer.{i}", layer) for i, layer in enumerate(layers)]
+    if model.bert.pooler is not None:  # [CLS] pooling: the pretrained pooler is the last block
+        named.append(("pooler", model.bert.pooler))
+    return named
 
 
 def _bert_mask(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
@@ -96,6 +127,8 @@ def _bert_mask(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Ten
 
 
 def _bert_layers(model: nn.Module, layers, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    if len(layers) == 0:
+        return hidden
     mask = _bert_mask(model, hidden, attention_mask)
     for layer in layers:
         out = layer(hidden, mask)
@@ -104,26 +137,47 @@ def _bert_layers(model: nn.Module, layers, hidden: torch.Tensor, attention_mask:
 
 
 def _bert_prefix(model: nn.Module, k: int, inputs: dict) -> dict:
+    """Depth k < len(blocks): the hidden states after the embeddings and k - 1 layers, and the mask.
+
+    The whole backbone (k = len(blocks)): with mean pooling the pooled vectors (B, H); with [CLS]
+    pooling the [CLS] position after the last layer (B, 1, H), all the pooler reads. The frozen
+    pooler itself runs in the suffix (one small matrix), so that a head carrying its own pooler
+    (task A's, see models.using_head) reads these same cached features correctly.
+    """
     if k == 0:
         return dict(inputs)
+    layers, mask = model.bert.encoder.layer, inputs["attention_mask"]
     hidden = model.bert.embeddings(input_ids=inputs["input_ids"], token_type_ids=inputs.get("token_type_ids"))
-    hidden = _bert_layers(model, model.bert.encoder.layer[:k - 1], hidden, inputs["attention_mask"])
-    return {"hidden": hidden, "attention_mask": inputs["attention_mask"]}
+    hidden = _bert_layers(model, layers[:k - 1], hidden, mask)  # (B, T, H)
+    if k < len(_bert_blocks(model)):  # later blocks train: they read every token
+        return {"hidden": hidden, "attention_mask": mask}
+    if bert_pooling(model) == "mean":
+        return {"pooled": mean_pool(hidden, mask)}
+    return {"hidden": hidden[:, :1]}
 
 
 def _bert_suffix(model: nn.Module, k: int, features: dict) -> torch.Tensor:
-    if k == 0:
-        features = _bert_prefix(model, 1, features)
-        k = 1
-    hidden = _bert_layers(model, model.bert.encoder.layer[k - 1:], features["hidden"], features["attention_mask"])
-    pooled = model.bert.pooler(hidden) if model.bert.pooler is not None else hidden[:, 0]
+    if "pooled" in features:  # mean pooling, the whole backbone frozen: the classifier alone
+        pooled = features["pooled"]
+    else:
+        if k == 0:
+            features = _bert_prefix(model, 1, features)
+            k = 1
+        hidden = features["hidden"]
+        if "attention_mask" in features:
+            hidden = _bert_layers(model, model.bert.encoder.layer[k - 1:], hidden, features["attention_mask"])
+        if bert_pooling(model) == "mean":
+            pooled = mean_pool(hidden, features["attention_mask"])
+        else:
+            pooler = model.bert.pooler  # reads hidden[:, 0], the [CLS] token
+            pooled = pooler(hidden) if pooler is not None else hidden[:, 0]
     return model.classifier(model.dropout(pooled))  # as BertForSequenceClassification.forward ends
 
 
 FAMILIES: list[Family] = [
     Family("torchvision-resnet", _is_resnet, _resnet_blocks, head="fc",
            prefix=_resnet_prefix, suffix=_resnet_suffix),
-    Family("bert", _is_bert, _bert_blocks, head="classifier", head_extra=("bert.pooler",),
+    Family("bert", _is_bert, _bert_blocks, head="classifier", pooler="bert.pooler",
            prefix=_bert_prefix, suffix=_bert_suffix),
 ]
 

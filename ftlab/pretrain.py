@@ -11,13 +11,14 @@ library versions). A file whose sha256 does not match its card is rebuilt, never
 
     ftlab pretrain resnet18-fashion-mnist          # from the command line
     state = load_pretrained("resnet18-fashion-mnist")
+
+ftlab.weights names these checkpoints for `ftlab.models.resnet18(weights=...)` ("fashion-mnist" is the
+recipe "resnet18-fashion-mnist"); this module builds them and does not import ftlab.models.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -29,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .store import write_atomic
+from .paths import home, sha256_bytes, sha256_file, write_atomic
+from .weights import FASHION_MEAN, FASHION_STD, get_weights
 
 __all__ = ["Recipe", "RECIPES", "pretrain", "load_pretrained", "checkpoint_path", "read_card"]
 
@@ -73,12 +75,8 @@ RECIPES = {
 EXPECTED_SECONDS = {"resnet18-fashion-mnist": 100, "resnet18-fashion-mnist-tiny": 15, "resnet18-fashion-mnist-6": 60}
 
 
-def _home() -> Path:
-    return Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab"))
-
-
 def checkpoint_path(name: str) -> Path:
-    return _home() / "models" / f"{name}.safetensors"
+    return home() / "models" / f"{name}.safetensors"
 
 
 def read_card(name: str) -> dict | None:
@@ -93,10 +91,6 @@ def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"no pretraining recipe named {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _versions() -> dict:
@@ -130,6 +124,19 @@ def _fashion_tensors(train: bool, n: int | None = None, classes: tuple[str, ...]
     return torch.from_numpy(images[:n].copy()), torch.from_numpy(labels[:n].copy())
 
 
+def _untrained_resnet18(num_classes: int | None) -> nn.Module:
+    """What ftlab.models.resnet18(weights=None, num_classes=num_classes) gives, built here so that this
+    module does not import ftlab.models: a 10-way torchvision ResNet-18, its head then replaced when
+    num_classes is given. Same random draws in the same order, so a recipe still gives the same bytes."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    if num_classes is not None:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    model.preprocess = get_weights("fashion-mnist").preprocess()  # grey 28x28 -> 3 channels, normalised
+    return model
+
+
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
     correct = 0
@@ -148,12 +155,10 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
     """Train the recipe's model from scratch, cache it with its card, and return the card."""
     from tqdm.auto import tqdm
 
-    from .models import resnet18
-
     recipe = _recipe(name)
     torch.manual_seed(recipe.seed)
     # torchvision ResNet-18 with Fashion-MNIST preprocessing; a head of k outputs when the recipe keeps k classes
-    model = resnet18(weights=None, num_classes=None if recipe.classes is None else recipe.num_classes)
+    model = _untrained_resnet18(None if recipe.classes is None else recipe.num_classes)
     images, labels = _fashion_tensors(train=True, n=recipe.n_train, classes=recipe.classes)
     steps_per_epoch = -(-len(labels) // recipe.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -185,7 +190,6 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
     from safetensors.torch import save
 
     path = checkpoint_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # bytes made here and written by write_atomic: a crash never leaves a half-written checkpoint, and
     # the file gets the umask (safetensors' save_file creates 0600 files, unreadable in a shared cache)
     data = save({k: v.contiguous() for k, v in model.state_dict().items()})
@@ -193,10 +197,11 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
         "name": name, "architecture": f"torchvision.models.resnet18(num_classes={recipe.num_classes})",
         "data": "Fashion-MNIST training set (official 60k, or the first n_train)" + (
             "" if recipe.classes is None else f", only the classes {', '.join(recipe.classes)} (labels 0..{recipe.num_classes - 1})"),
-        "input": "grey 28x28 in [0,1], repeated to 3 channels, normalised with mean 0.286 / std 0.353",
+        "input": "grey 28x28 in [0,1], repeated to 3 channels, normalised with "
+                 f"mean {FASHION_MEAN} / std {FASHION_STD}",
         "recipe": recipe.record(), "schedule": "AdamW + OneCycleLR, no augmentation",
         "train_seconds": round(train_seconds, 1), "test_accuracy": round(accuracy, 4),
-        "test_images": len(test_labels), "sha256": hashlib.sha256(data).hexdigest(), "versions": _versions(),
+        "test_images": len(test_labels), "sha256": sha256_bytes(data), "versions": _versions(),
         "threads": torch.get_num_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_atomic(path, data)
@@ -206,7 +211,10 @@ def pretrain(name: str = "resnet18-fashion-mnist", *, progress: bool = True) -> 
 
 
 def cache_status(name: str) -> str:
-    """'ok', 'missing' or a reason why the cached checkpoint cannot be trusted."""
+    """'ok', 'missing' or a reason why the cached checkpoint cannot be trusted.
+
+    The file's hash is remembered while it is unchanged (paths.sha256_file), so checking it against its
+    card on every load costs a `stat`, not a 45 MB read; a file changed in any way is hashed again."""
     path, card = checkpoint_path(name), read_card(name)
     if not path.exists():
         return "missing"
@@ -214,7 +222,7 @@ def cache_status(name: str) -> str:
         return "its card is missing or unreadable"
     if card.get("recipe") != _recipe(name).record():
         return "it was made with a different recipe"
-    if _sha256(path) != card["sha256"]:
+    if sha256_file(path) != card["sha256"]:
         return "its sha256 does not match its card (corrupt or modified)"
     return "ok"
 

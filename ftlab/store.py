@@ -14,22 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 
+from .paths import home, write_atomic  # write_atomic: re-exported, other code imports it from here
+
 __all__ = ["RunStore", "describe_key", "write_atomic"]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a unique name next to `path`, then rename it over `path` (atomic on one
-    filesystem): a reader sees the old file or the new one, never half of one.
-
-    The file is opened the ordinary way, so it gets the user's umask (usually 0644); tempfile's and
-    safetensors' 0600 would hide a shared cache (a JupyterHub's, a course machine's) from other accounts."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def describe_key(description: dict) -> str:
@@ -40,8 +29,7 @@ def describe_key(description: dict) -> str:
 
 class RunStore:
     def __init__(self, root: str | Path | None = None):
-        home = Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab"))
-        self.root = Path(root) if root is not None else home / "runs"
+        self.root = Path(root) if root is not None else home() / "runs"
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -53,9 +41,7 @@ class RunStore:
             return None
 
     def put(self, key: str, record: dict) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(record, default=str).encode())
+        write_atomic(self._path(key), json.dumps(record, default=str).encode())  # makes the folder too
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()

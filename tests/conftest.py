@@ -24,16 +24,22 @@ def make_tiny_resnet(num_classes: int = 4) -> torch.nn.Module:
     return model
 
 
-def make_tiny_bert(num_classes: int = 3) -> torch.nn.Module:
-    """A 2-layer, 32-wide BERT classifier with the real MiniLM tokenizer (offline)."""
+def make_tiny_bert(num_classes: int = 3, pooling: str = "cls") -> torch.nn.Module:
+    """A 2-layer, 32-wide BERT classifier with the real MiniLM tokenizer (offline).
+
+    pooling: "cls" (Hugging Face's BertForSequenceClassification, pooler included) or "mean"
+    (ftlab's MeanPoolingBertForSequenceClassification, no pooler), as ftlab.models.bert(pooling=...).
+    """
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from ftlab.models import minilm_dir
+    from ftlab.models import MeanPoolingBertForSequenceClassification, minilm_dir
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_classes)
-    model = BertForSequenceClassification(config)
+    kind = {"cls": BertForSequenceClassification, "mean": MeanPoolingBertForSequenceClassification}[pooling]
+    model = kind(config)
+    model.pooling = pooling
     model.tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
     model.max_length = 32
     model.weights_name = "tiny-test"

@@ -79,9 +79,12 @@ def test_cached_resnet_run_equals_uncached(depth):
                                   check_exact=False, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])  # 3 = len(blocks): embeddings + both layers
-def test_cached_bert_run_equals_uncached(depth):
-    cached, uncached = cached_and_uncached(make_tiny_bert(), make_text_task(n=24), depth,
+# [CLS] pooling: 4 blocks (embeddings, both layers, pooler); mean pooling: 3 (no pooler).
+# The last depth of each is the linear probe: the classifier alone trains on cached features.
+@pytest.mark.parametrize("pooling, depth", [("cls", 1), ("cls", 2), ("cls", 3), ("cls", 4),
+                                            ("mean", 1), ("mean", 2), ("mean", 3)])
+def test_cached_bert_run_equals_uncached(pooling, depth):
+    cached, uncached = cached_and_uncached(make_tiny_bert(pooling=pooling), make_text_task(n=24), depth,
                                            lr=1e-3, epochs=2, batch_size=8, seed=1)
     assert cached.summary["cached_prefix"] and not uncached.summary["cached_prefix"]
     pd.testing.assert_frame_equal(cached.to_frame()[METRICS], uncached.to_frame()[METRICS],
@@ -126,6 +129,65 @@ def test_bert_prefix_features_are_huggingface_hidden_states(tiny_bert, text_task
     # depth k = the embeddings and k-1 encoder layers = hidden_states[k-1]
     assert torch.allclose(features.inputs["hidden"], hidden_states[depth - 1], atol=1e-5)
     assert torch.equal(features.inputs["attention_mask"], data.inputs["attention_mask"])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_bert_suffix_of_prefix_is_the_model_at_every_depth(pooling, text_task):
+    model = make_tiny_bert(pooling=pooling).eval()
+    batch = encode(model, text_task.train).inputs
+    family = ftlab.families.family_of(model)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        for k in range(len(ftlab.blocks(model)) + 1):
+            logits = family.suffix(model, k, family.prefix(model, k, batch))
+            assert torch.allclose(logits, expected, atol=1e-5), k
+
+
+def test_bert_probe_features_are_the_cls_vectors_the_pooler_reads(tiny_bert, text_task):
+    """Depth 4 (the pooler frozen too) caches the [CLS] position only; the frozen pooler runs after."""
+    data = encode(tiny_bert, text_task.train)
+    features = prefix_features(tiny_bert, 4, data, device=CPU)
+    tiny_bert.eval()
+    with torch.no_grad():
+        last = tiny_bert(**data.inputs, output_hidden_states=True).hidden_states[-1]
+    assert list(features.inputs) == ["hidden"]
+    assert torch.allclose(features.inputs["hidden"], last[:, :1], atol=1e-5)  # (N, 1, 32)
+
+
+def test_mean_pooling_probe_features_are_the_pooled_vectors(text_task):
+    model = make_tiny_bert(pooling="mean")
+    data = encode(model, text_task.train)
+    features = prefix_features(model, 3, data, device=CPU)
+    model.eval()
+    with torch.no_grad():
+        last = model(**data.inputs, output_hidden_states=True).hidden_states[-1]
+    mask = data.inputs["attention_mask"]
+    by_hand = torch.stack([last[i, mask[i].bool()].mean(0) for i in range(len(data))])
+    assert list(features.inputs) == ["pooled"]
+    assert torch.allclose(features.inputs["pooled"], by_hand, atol=1e-5)  # (N, 32)
+
+
+def test_cached_probe_measures_the_source_through_its_own_pooler():
+    """Task A's head carries A's pooler; at the probe depth the cache must not bake the current one in."""
+    task_a, task_b = make_text_task(n=24, seed=3), make_text_task(n=24, seed=4)
+    model = make_tiny_bert()
+    ftlab.fit(model, task_a, lr=1e-2, epochs=2, frozen_depth=0, batch_size=8, progress=False)
+    head_a = ftlab.models.replace_head(model, 3)
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.mul_(-1.0)  # the current pooler is no longer A's (as after task B)
+    runs = {}
+    for cache in (True, False):
+        runs[cache] = ftlab.fit(copy.deepcopy(model), task_b, lr=1e-2, epochs=2, frozen_depth=4, batch_size=8,
+                                cache_frozen=cache, source=ftlab.Source(task_a, copy.deepcopy(head_a)),
+                                progress=False)
+    assert runs[True].summary["cached_prefix"]
+    columns = METRICS + ["source_loss", "source_acc"]
+    pd.testing.assert_frame_equal(runs[True].to_frame()[columns], runs[False].to_frame()[columns],
+                                  check_exact=False, rtol=1e-4, atol=1e-4)
+    through_a = ftlab.evaluate(model, task_a.test, head=head_a, device="cpu")
+    assert runs[True].to_frame().source_loss.iloc[0] == pytest.approx(through_a["loss"], rel=1e-5)
+    through_current = ftlab.evaluate(model, task_a.test, head=head_a.classifier, device="cpu")
+    assert through_current["loss"] != pytest.approx(through_a["loss"], rel=1e-3)  # the poolers do differ
 
 
 def test_prefix_features_eval_mode_and_no_gradient(tiny_resnet, image_task):

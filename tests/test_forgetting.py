@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ftlab
-from conftest import make_image_task, make_tiny_resnet
+from conftest import make_image_task, make_text_task, make_tiny_bert, make_tiny_resnet
 from ftlab.history import History
 from ftlab.mitigations import RehearsalSampler, anchor_weights, l2sp_penalty
 
@@ -161,3 +161,89 @@ def test_overfitting_gap_per_epoch(image_task, tiny_resnet):
     assert gap.epoch.tolist() == [0, 1, 2, 3]
     assert gap.loss_gap.tolist() == pytest.approx((frame.val_loss - frame.train_loss).tolist())
     assert gap.acc_gap.tolist() == pytest.approx((100 * (frame.train_acc - frame.val_acc)).tolist())
+
+
+# --- BERT: forgetting through task A's whole head (pooler and classifier) ----------------------
+
+
+@pytest.fixture
+def bert_setup():
+    """A tiny BERT trained on text task A with nothing frozen (so its pooler learned A too), then
+    given a fresh head for task B; returns (model, A's head, task A, task B)."""
+    task_a, task_b = make_text_task(n=48, seed=10), make_text_task(n=48, seed=20)
+    model = make_tiny_bert()
+    ftlab.fit(model, task_a, lr=3e-3, epochs=3, frozen_depth=0, batch_size=8, progress=False)
+    head_a = ftlab.models.replace_head(model, 3)
+    return model, head_a, task_a, task_b
+
+
+def test_replace_head_on_a_cls_bert_keeps_the_pooler_as_it_was(bert_setup):
+    model, head_a, _, _ = bert_setup
+    assert isinstance(head_a, ftlab.models.BertHead)
+    assert head_a.classifier is not model.classifier and head_a.out_features == 3
+    assert head_a.pooler is not model.bert.pooler  # a copy: the model's pooler trains on B
+    for key, tensor in model.bert.pooler.state_dict().items():
+        assert torch.equal(head_a.pooler.state_dict()[key], tensor)
+
+
+def test_forgetting_is_measured_through_task_a_pooler_and_classifier(bert_setup):
+    model, head_a, task_a, task_b = bert_setup
+    history = ftlab.fit(model, task_b, lr=1e-2, epochs=2, frozen_depth=0, batch_size=8, progress=False,
+                        source=ftlab.Source(task_a, head_a))
+    assert not torch.equal(model.bert.pooler.dense.weight, head_a.pooler.dense.weight)  # the pooler trained on B
+    oracle = copy.deepcopy(model)  # the fine-tuned body with A's whole head copied on by hand
+    oracle.bert.pooler, oracle.classifier = copy.deepcopy(head_a.pooler), copy.deepcopy(head_a.classifier)
+    expected = ftlab.evaluate(oracle, task_a.test, device="cpu")
+    through_head = ftlab.evaluate(model, task_a.test, head=head_a, device="cpu", confusion=True)
+    assert through_head["accuracy"] == expected["accuracy"]
+    assert through_head["confusion"].shape == (3, 3)
+    assert through_head["confusion"].trace() == round(expected["accuracy"] * expected["n"])
+    assert through_head["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    last = history.to_frame().iloc[-1]
+    assert last.source_acc == pytest.approx(expected["accuracy"])
+    assert last.source_loss == pytest.approx(expected["loss"], rel=1e-5)
+    new_pooler = ftlab.evaluate(model, task_a.test, head=head_a.classifier, device="cpu")  # the old way
+    assert new_pooler["loss"] != pytest.approx(expected["loss"], rel=1e-3)
+
+
+def test_using_a_bert_head_puts_back_both_parts_and_restores_both(bert_setup):
+    model, head_a, task_a, _ = bert_setup
+    pooler, classifier = model.bert.pooler, model.classifier
+    with ftlab.models.using_head(model, head_a):
+        assert model.bert.pooler is head_a.pooler and model.classifier is head_a.classifier
+    assert model.bert.pooler is pooler and model.classifier is classifier
+    with pytest.raises(RuntimeError), ftlab.models.using_head(model, head_a):
+        raise RuntimeError("a failure inside")
+    assert model.bert.pooler is pooler and model.classifier is classifier
+    with ftlab.models.using_head(model, head_a.classifier):  # a plain Linear: the classifier alone
+        assert model.bert.pooler is pooler and model.classifier is head_a.classifier
+    assert ftlab.models.head_of(model) is classifier
+
+
+def test_no_forgetting_when_only_the_pooler_and_classifier_train(bert_setup):
+    """Depth 3 of 4 freezes embeddings and both layers; the pooler trains on B, A keeps its own."""
+    model, head_a, task_a, task_b = bert_setup
+    history = ftlab.fit(model, task_b, lr=5e-2, epochs=2, frozen_depth=3, batch_size=8, progress=False,
+                        source=ftlab.Source(task_a, head_a))
+    assert not torch.equal(model.bert.pooler.dense.weight, head_a.pooler.dense.weight)
+    assert ftlab.forgetting(history) == 0.0
+    assert history.to_frame().source_loss.nunique() == 1
+
+
+def test_rehearsal_through_a_bert_head_leaves_that_head_as_it_was(bert_setup):
+    model, head_a, task_a, task_b = bert_setup
+    before = copy.deepcopy(head_a.state_dict())
+    ftlab.fit(model, task_b, lr=1e-2, epochs=1, frozen_depth=0, batch_size=8, progress=False,
+              source=ftlab.Source(task_a, head_a), rehearsal=0.5)
+    assert set(before) == set(head_a.state_dict()) and any(k.startswith("pooler.") for k in before)
+    assert all(torch.equal(before[k], v) for k, v in head_a.state_dict().items())
+
+
+def test_mean_pooling_keeps_the_classifier_alone_as_the_old_head():
+    model = make_tiny_bert(pooling="mean")
+    old = model.classifier
+    assert ftlab.models.replace_head(model, 5) is old  # nothing else reads the pooled vectors
+    cls_head = ftlab.models.replace_head(make_tiny_bert(pooling="cls"), 5)
+    with pytest.raises(ValueError, match="carries a pooler"), ftlab.models.using_head(model, cls_head):
+        pass
+    assert model.classifier.out_features == 5

@@ -56,17 +56,20 @@ def test_resnet_blocks_are_stem_then_the_four_stages(tiny_resnet):
     assert modules["stem"][0] is tiny_resnet.conv1 and modules["stem"][1] is tiny_resnet.bn1
 
 
-def test_tiny_bert_blocks_are_embeddings_then_each_layer(tiny_bert):
+def test_tiny_bert_blocks_are_embeddings_then_each_layer_then_the_pooler(tiny_bert):
     named = ftlab.blocks(tiny_bert)
     num_layers = tiny_bert.config.num_hidden_layers
-    assert [name for name, _ in named] == ["embeddings"] + [f"layer.{i}" for i in range(num_layers)]
-    assert len(named) == num_layers + 1
-    assert named[0][1] is tiny_bert.bert.embeddings and named[-1][1] is tiny_bert.bert.encoder.layer[-1]
+    assert [name for name, _ in named] == ["embeddings"] + [f"layer.{i}" for i in range(num_layers)] + ["pooler"]
+    assert len(named) == num_layers + 2
+    assert named[0][1] is tiny_bert.bert.embeddings and named[-2][1] is tiny_bert.bert.encoder.layer[-1]
+    assert named[-1][1] is tiny_bert.bert.pooler  # [CLS] -> dense + tanh: pretrained, so a block, not the head
 
 
-def test_real_minilm_has_seven_blocks():
+def test_real_minilm_has_eight_blocks_with_cls_pooling_and_seven_with_mean_pooling():
     model = ftlab.models.bert(num_classes=2)
-    assert [name for name, _ in ftlab.blocks(model)] == ["embeddings"] + [f"layer.{i}" for i in range(6)]
+    assert [name for name, _ in ftlab.blocks(model)] == ["embeddings"] + [f"layer.{i}" for i in range(6)] + ["pooler"]
+    mean = ftlab.models.bert(num_classes=2, pooling="mean")
+    assert [name for name, _ in ftlab.blocks(mean)] == ["embeddings"] + [f"layer.{i}" for i in range(6)]
 
 
 @pytest.mark.parametrize("make", [make_tiny_resnet, make_tiny_bert], ids=["resnet", "bert"])
@@ -215,12 +218,12 @@ def test_trainable_summary_counts_and_flags(depth):
 
 def test_trainable_summary_of_bert_has_no_batchnorm(tiny_bert):
     summary = ftlab.trainable_summary(ftlab.freeze(tiny_bert, 1))
-    assert list(summary.index) == ["embeddings", "layer.0", "layer.1", "head (classifier)", "total"]
-    assert list(summary["frozen"].iloc[:4]) == [True, False, False, False]
-    assert set(summary["batchnorm"].iloc[:4]) == {"-"}
-    head_params = sum(p.numel() for p in tiny_bert.bert.pooler.parameters())
-    head_params += sum(p.numel() for p in tiny_bert.classifier.parameters())
+    assert list(summary.index) == ["embeddings", "layer.0", "layer.1", "pooler", "head (classifier)", "total"]
+    assert list(summary["frozen"].iloc[:5]) == [True, False, False, False, False]
+    assert set(summary["batchnorm"].iloc[:5]) == {"-"}
+    head_params = sum(p.numel() for p in tiny_bert.classifier.parameters())  # the linear classifier alone
     assert summary.loc["head (classifier)", "parameters"] == head_params
+    assert summary.loc["pooler", "parameters"] == sum(p.numel() for p in tiny_bert.bert.pooler.parameters())
 
 
 # --- the BatchNorm trap ----------------------------------------------------------------------

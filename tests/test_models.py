@@ -81,8 +81,12 @@ def test_replace_head_on_resnet_returns_the_old_head(tiny_resnet):
 
 def test_replace_head_on_bert_returns_the_old_head(tiny_bert):
     old = tiny_bert.classifier
+    pooler_before = {k: v.clone() for k, v in tiny_bert.bert.pooler.state_dict().items()}
     returned = replace_head(tiny_bert, 5)
-    assert returned is old and old.out_features == 3
+    # the whole old head: the classifier itself and a copy of the pooler it reads, as they are now
+    assert returned.classifier is old and old.out_features == 3
+    assert returned.pooler is not tiny_bert.bert.pooler
+    assert all(torch.equal(returned.pooler.state_dict()[k], v) for k, v in pooler_before.items())
     new = tiny_bert.classifier
     assert isinstance(new, nn.Linear) and new is not old
     assert (new.in_features, new.out_features) == (32, 5)
@@ -92,7 +96,7 @@ def test_replace_head_on_bert_returns_the_old_head(tiny_bert):
     with torch.no_grad():
         assert tiny_bert(**batch).logits.shape == (2, 5)
         pooled = tiny_bert.bert(**batch).pooler_output
-        assert old(pooled).shape == (2, 3)  # the old head is still usable
+        assert old(pooled).shape == (2, 3)  # the old classifier is still usable
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "3"])

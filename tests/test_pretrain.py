@@ -247,3 +247,43 @@ def test_a_class_subset_recipe_builds_a_head_of_that_size(ftlab_home, monkeypatc
     assert P.cache_status(name) == "ok"
     state = P.load_pretrained(name, progress=False)
     assert state["fc.weight"].shape == (3, 512)
+
+
+# --- the card's sha256 is checked on every load, without re-reading an unchanged file ---------------
+
+def test_checking_the_cache_reads_an_unchanged_checkpoint_once(ftlab_home, monkeypatch):
+    import builtins
+
+    _fake_checkpoint(ftlab_home, b"pretend weights" * 1000)
+    path = P.checkpoint_path(TINY)
+    os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)  # settled: older than paths.RACY_SECONDS
+    reads, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    assert [P.cache_status(TINY) for _ in range(3)] == ["ok"] * 3
+    assert len(reads) == 1  # one read for three checks: the 45 MB file is not re-read on every load
+
+    with real_open(path, "r+b") as f:  # one byte changed in place: same size, same name
+        f.write(b"P")
+    assert "sha256" in P.cache_status(TINY)  # rehashed and refused
+    assert len(reads) == 2
+
+
+def test_old_cards_in_the_cache_layout_still_load(ftlab_home):
+    """A checkpoint and card written before ftlab.paths existed (same folder, same fields) are used."""
+    from safetensors.torch import save
+
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    data = save(state)
+    folder = ftlab_home / "models"
+    folder.mkdir(parents=True)
+    (folder / f"{TINY}.safetensors").write_bytes(data)
+    (folder / f"{TINY}.json").write_text(json.dumps(
+        {"name": TINY, "recipe": P.RECIPES[TINY].record(), "sha256": hashlib.sha256(data).hexdigest()}))
+    assert P.cache_status(TINY) == "ok"
+    assert torch.equal(P.load_pretrained(TINY, progress=False)["w"], state["w"])

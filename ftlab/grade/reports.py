@@ -2,6 +2,7 @@
 
     write_result(path, result, otter_dict, meta)      # atomically: a killed batch leaves no half file
     write_csv(path, results, questions)               # learner, q1, q2, ..., total, possible, status, reason
+                                                      # (text cells safe from spreadsheet formulas)
     write_junit(path, results, questions, name=...)   # a testsuite per learner, a testcase per question
     print(summary_table(results, questions))
 
@@ -13,16 +14,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .. import paths
+
 __all__ = ["SubmissionResult", "write_atomic", "write_result", "read_result", "write_csv", "write_junit",
-           "summary_table"]
+           "summary_table", "spreadsheet_text"]
 
 STATUSES = ("graded", "rejected", "timed-out", "crashed", "grader-error")
 
@@ -56,20 +57,9 @@ class SubmissionResult:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    """`text` as UTF-8 (newlines untouched), atomically and readable by this account only (0600):
+    these files hold learners' grades."""
+    paths.write_atomic(path, text.encode("utf-8"), mode=0o600)
 
 
 def write_result(path: Path, result: SubmissionResult, otter: dict, meta: dict) -> None:
@@ -99,14 +89,29 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows and never evaluates: a cell starting with = + - @, tab or
+    CR (a learner's file `=HYPERLINK(...).ipynb`, an error message) gets a leading apostrophe (OWASP's
+    rule against CSV formula injection). Spreadsheets hide the apostrophe; a CSV reader sees it."""
+    text = str(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def write_csv(path: Path, results: Sequence[SubmissionResult], questions: Sequence[str]) -> None:
-    """One row per learner: a column per question, the total, what was possible, status, reason."""
+    """One row per learner: a column per question, the total, what was possible, status, reason.
+    Every text cell goes through spreadsheet_text; numbers are ours and written as they are. Lines end
+    in CRLF (RFC 4180): then a CR inside a reason is quoted too (with "\n" endings it was not, and split
+    the row in two for every CSV reader)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["learner", *questions, "total", "possible", "status", "reason"])
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([spreadsheet_text(t) for t in ["learner", *questions, "total", "possible", "status", "reason"]])
     for r in results:
-        writer.writerow([r.learner, *(_number(r.scores.get(q, 0.0)) for q in questions), _number(r.total),
-                         _number(r.max_total), r.status, r.reason])
+        writer.writerow([spreadsheet_text(r.learner), *(_number(r.scores.get(q, 0.0)) for q in questions),
+                         _number(r.total), _number(r.max_total), spreadsheet_text(r.status),
+                         spreadsheet_text(r.reason)])
     write_atomic(path, buffer.getvalue())
 
 
