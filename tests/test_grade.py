@@ -23,7 +23,8 @@ import pytest
 from ftlab.cli import main
 from ftlab.grade.autograder import AutograderError, find_lesson_autograder
 from ftlab.grade.in_kernel import cell_source
-from ftlab.grade.reports import SubmissionResult, summary_table, write_junit
+from ftlab.grade.job import Job
+from ftlab.grade.reports import SubmissionResult, spreadsheet_text, summary_table, write_csv, write_junit
 from ftlab.grade.submissions import find_submissions, notebook_file_name, precheck, slug
 from ftlab.grade.view import plan_view
 
@@ -106,7 +107,7 @@ def test_each_submission_gets_its_expected_score_and_a_reason(batch, learner):
     spec = class_spec.EXPECTED[learner]
     if spec.get("needs_namespaces") and not batch["namespaces"]:
         pytest.skip("this machine cannot hide the grader's files (no Linux namespaces)")
-    row = _csv(batch["out"] / "grades.csv")[learner]
+    row = _csv(batch["out"] / "grades.csv")[spreadsheet_text(learner)]  # "=HYPERLINK(1+2)" -> "'=HYPERLINK..."
     assert [float(row[q]) for q in QUESTIONS] == list(spec["scores"]), row
     assert float(row["total"]) == sum(spec["scores"]) and float(row["possible"]) == 5
     assert row["status"] == spec["status"], row
@@ -170,6 +171,27 @@ def test_tampering_is_reported_in_the_reason(batch):
     rows = _csv(batch["out"] / "grades.csv")
     assert "ftlab.measures.forgetting" in rows["tamper_ftlab"]["reason"]
     assert "abs" in rows["tamper_ftlab"]["reason"]
+    assert "ftlab.measures" in rows["replaces_ftlab_modules"]["reason"]
+    lies = rows["lies_about_values"]["reason"]
+    assert "square() returned (Yes -> int)" in lies and "mean (AlwaysClose -> float)" in lies
+    assert "forgot (AlsoClose -> float)" in lies
+    assert "mean (a Mean that claims to be a float)" in rows["lies_about_types"]["reason"]
+
+
+def test_no_learner_vanishes_and_no_cell_starts_a_formula(batch):
+    """A zip member climbing out of the archive gets a rejected row (it used to vanish from every
+    report); a file named like a formula is shown as text in the CSV, as it is in JUnit and the table."""
+    with open(batch["out"] / "grades.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) == 1 + len(class_spec.EXPECTED)
+    for row in rows:
+        for cell in [row[0], *row[-2:]]:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+    names = [row[0] for row in rows[1:]]
+    assert "'=HYPERLINK(1+2)" in names and "section_b/../../tmp/climbs_out" in names
+    suites = {s.get("name") for s in ET.parse(batch["out"] / "junit.xml").getroot().iter("testsuite")}
+    assert "=HYPERLINK(1+2)" in suites and "section_b/../../tmp/climbs_out" in suites
+    assert "=HYPERLINK(1+2)" in batch["done"].stdout and "section_b/../../tmp/climbs_out" in batch["done"].stdout
 
 
 # --- resuming a batch that was killed ----------------------------------------------------------
@@ -304,12 +326,14 @@ def test_grading_that_cannot_run_exits_one_with_a_clear_message(assignment, tmp_
 
 def test_process_isolation_still_undoes_tampering_with_ok_format_tests(ok_assignment, tmp_path):
     folder = class_spec.build_class(ok_assignment["student"], tmp_path / "class",
-                                    names=["correct", "tamper_otter", "tamper_ftlab"])
+                                    names=["correct", "tamper_otter", "tamper_ftlab", "lies_about_values",
+                                           "replaces_ftlab_modules"])
     done = _cli(str(folder), "--autograder", str(ok_assignment["zip"]), "--out", str(tmp_path / "out"),
                 "--isolation", "process", "--jobs", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _csv(tmp_path / "out" / "grades.csv")
-    assert {k: r["total"] for k, r in rows.items()} == {"correct": "5", "tamper_otter": "1", "tamper_ftlab": "4"}
+    assert {k: r["total"] for k, r in rows.items()} == {"correct": "5", "tamper_otter": "1", "tamper_ftlab": "4",
+                                                       "lies_about_values": "2", "replaces_ftlab_modules": "4"}
     assert "[ ] no network" in done.stdout  # the summary says what is off
 
 
@@ -445,3 +469,194 @@ def test_learners_public_checks_and_an_autograder_piped_through_stdin(assignment
                            capture_output=True, timeout=300)
     assert piped.returncode == 0, piped.stderr[-2000:]
     assert _csv(tmp_path / "out" / "grades.csv")["tamper_otter"]["total"] == "1"
+
+
+# --- fair against answers that lie, robust against names and paths: the parts, without a kernel ---
+
+def _in_kernel_space() -> dict:
+    """The namespace the grading cell makes in the kernel: in_kernel.py and plain_values.py."""
+    space = {"__builtins__": __builtins__}
+    for name in ("in_kernel.py", "plain_values.py"):
+        exec((ROOT / "ftlab" / "grade" / name).read_text(), space)
+    return space
+
+
+def test_csv_text_cells_that_would_start_a_formula_get_an_apostrophe(tmp_path):
+    texts = ["=HYPERLINK(1+2)", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "alice", "'already", ""]
+    results = [SubmissionResult(text, {"q1": 1.0}, {"q1": 1.0}, "graded", reason=text) for text in texts]
+    write_csv(tmp_path / "grades.csv", results, ["q1"])
+    with open(tmp_path / "grades.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    for text, row in zip(texts, rows):
+        formula = text[:1] in ("=", "+", "-", "@", "\t", "\r")
+        expected = "'" + text if formula else text
+        assert row == [expected, "1", "1", "1", "graded", expected], row
+    write_junit(tmp_path / "junit.xml", results, ["q1"])  # JUnit and the table are not spreadsheets
+    names = [s.get("name") for s in ET.parse(tmp_path / "junit.xml").getroot().iter("testsuite")]
+    assert names[0] == "=HYPERLINK(1+2)" and "=HYPERLINK(1+2)" in summary_table(results, ["q1"])
+
+
+def test_zip_members_whose_path_leaves_the_archive_are_rejected_rows_never_unpacked(tmp_path):
+    with zipfile.ZipFile(tmp_path / "section.zip", "w") as z:
+        z.writestr("dan.ipynb", "{}")
+        z.writestr("../../escaped.ipynb", "{}")
+        z.writestr("/abs/rooted.ipynb", "{}")
+        z.writestr("..\\..\\windows.ipynb", "{}")
+    with zipfile.ZipFile(tmp_path / "erin.zip", "w") as z:  # one learner's export, with a climbing extra
+        z.writestr("lesson.ipynb", "{}")
+        z.writestr("../notes.txt", "hi")
+    staging = tmp_path / "deep" / "staging"
+    subs = find_submissions([tmp_path / "section.zip", tmp_path / "erin.zip"], staging=staging)
+    by_name = {s.learner: s for s in subs}
+    assert sorted(by_name) == sorted(["erin", "erin/../notes.txt", "section/../../escaped", "section//abs/rooted",
+                                      "section/..\\..\\windows", "section/dan"])
+    for name in ["erin/../notes.txt", "section/../../escaped", "section//abs/rooted", "section/..\\..\\windows"]:
+        assert "path leaves the archive" in precheck(by_name[name], None)
+    assert precheck(by_name["section/dan"], None) is not None  # "{}" is no notebook, but it is unpacked
+    assert by_name["section/dan"].path.is_relative_to(staging)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(staging)]
+    assert sorted(p.name for p in written) == ["erin.zip", "section.zip"]  # nothing outside the staging folder
+
+
+class _Yes(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+class _Close(float):
+    def __sub__(self, other):
+        return self
+
+    def __rsub__(self, other):
+        return self
+
+    def __abs__(self):
+        return self
+
+    def __lt__(self, other):
+        return True
+
+    def __float__(self):
+        return 2.5
+
+
+class _Always(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+    def __str__(self):
+        return "yes"
+
+
+class _ClaimsFloat:
+    __class__ = property(lambda self: float)
+
+
+def test_values_the_tests_use_are_plain_values_of_their_base_type(tmp_path):
+    """The notebook's own subclasses (here: this test file's, outside the installed roots) become plain
+    values, found inside containers and dataclasses too; installed code's subclasses (enum's, torch's)
+    are kept; an object lying about its class is refused; a function's results are made plain."""
+    import dataclasses
+    import signal as signal_module
+
+    import numpy as np
+    import torch
+
+    from ftlab.grade.runner import grader_code
+    from ftlab.history import History
+
+    space = _in_kernel_space()
+    history = History(rows=[{"epoch": 0, "source_acc": _Close(0.9)}], best_epoch=0)
+    parameter = torch.nn.Parameter(torch.ones(2))
+    lying_tensor = torch.ones(2).as_subclass(type("Lying", (torch.Tensor,), {"__eq__": lambda s, o: True}))
+    env = {"a": _Yes(8), "f": _Close(2.0), "s": _Always("no"), "c": _ClaimsFloat(), "history": history,
+           "nested": [1, {"k": (_Close(3.0), _Yes(1))}, {_Always("key")}], "square": lambda x: _Yes(x + x),
+           "np_float": np.float64(2.0), "signal": signal_module.SIGINT, "parameter": parameter,
+           "tensor": lying_tensor, "array": np.array([_Yes(4), 2], dtype=object), "untouched": "x"}
+    notes = []
+    space["_ftlab_make_plain"](env, sorted(env), notes, grader_code()["roots"])
+    for name, base, value in [("a", int, 8), ("f", float, 2.0), ("s", str, "no")]:
+        assert type(env[name]) is base and env[name] == value and not env[name] == value + base(1)
+    assert type(history.rows[0]["source_acc"]) is float and history.rows[0]["source_acc"] == 0.9  # in place
+    inner = env["nested"][1]["k"]
+    assert [type(v) for v in inner] == [float, int] and type(next(iter(env["nested"][2]))) is str
+    assert type(env["square"](3)) is int and env["square"](3) == 6
+    assert type(env["tensor"]) is torch.Tensor and not torch.equal(env["tensor"], torch.zeros(2))
+    assert type(env["array"][0]) is int
+    assert env["np_float"] is not None and type(env["np_float"]) is np.float64  # a C type: plain already
+    assert env["signal"] is signal_module.SIGINT and env["parameter"] is parameter  # installed code's own
+    assert env["untouched"] == "x"
+    with pytest.raises(AssertionError, match="claims to be a float"):
+        env["c"] == 1.0  # noqa: B015 - the comparison itself must fail
+    assert not isinstance(env["c"], float)
+    text = " ".join(notes)
+    assert "a (_Yes -> int)" in text and "c (a _ClaimsFloat that claims to be a float)" in text
+    assert "what square() returned (_Yes -> int)" in text and "history (_Close -> float)" in text
+    assert dataclasses.is_dataclass(history)
+
+
+def test_values_too_large_to_check_are_refused_not_skipped():
+    space = _in_kernel_space()
+    space["_FTLAB_MAX_VALUES"] = 1000
+    env = {"big": [[1.0] for _ in range(2000)], "fine": list(range(10_000))}  # plain numbers cost nothing
+    notes = []
+    space["_ftlab_make_plain"](env, ["big", "fine"], notes, [])
+    assert "more than 1,000 values" in notes[0] and env["fine"] == list(range(10_000))
+    with pytest.raises(AssertionError):
+        len(env["big"])
+
+
+_STAND_INS = {
+    "sys.modules": "sys.modules['ftlab.measures'] = fake",
+    "package attribute": "del sys.modules['ftlab.measures']; ftlab.measures = fake",
+    "forged __file__": "fake.__file__ = ftlab.measures.__file__; sys.modules['ftlab.measures'] = ftlab.measures = fake",
+    "blocked": "sys.modules['ftlab.measures'] = None",
+    "fake package first on sys.path": "[sys.modules.pop(n) for n in list(sys.modules) if n.startswith('ftlab')]; "
+                                      "sys.path.insert(0, str(tmp))",
+}
+
+
+@pytest.mark.parametrize("case", sorted(_STAND_INS))
+def test_tests_import_ftlab_from_the_graders_own_files(case, tmp_path):
+    """However the notebook swapped ftlab's modules, what a test imports is the module of ftlab's file."""
+    (tmp_path / "ftlab").mkdir()
+    (tmp_path / "ftlab" / "__init__.py").write_text("")
+    (tmp_path / "ftlab" / "measures.py").write_text("def forgetting(history):\n    return 12.0\n")
+    script = f"""
+import sys, types, json, pathlib
+tmp = pathlib.Path({str(tmp_path)!r})
+space = {{"__builtins__": __builtins__}}
+for name in ("in_kernel.py", "plain_values.py"):
+    exec((pathlib.Path({str(ROOT / "ftlab" / "grade")!r}) / name).read_text(), space)
+import ftlab, ftlab.measures
+fake = types.ModuleType("ftlab.measures")
+fake.forgetting = lambda history: 12.0
+{_STAND_INS[case]}
+notes = []
+space["_ftlab_own_ftlab"]({str(ROOT / "ftlab")!r}, notes)
+from ftlab import measures
+import ftlab.measures as again
+print(json.dumps({{"file": measures.__file__, "same": measures is again, "notes": notes}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["file"] == str(ROOT / "ftlab" / "measures.py") and seen["same"]
+    if case != "fake package first on sys.path":  # that one is not in sys.modules: nothing to report
+        assert any("tampering" in note and "ftlab.measures" in note for note in seen["notes"]), seen["notes"]
+
+
+def test_job_is_typed_and_survives_json_exactly():
+    view = plan_view(hide=["/root"], keep=["/usr"], scratch=["/tmp"])
+    job = Job(learner="alice", notebook_name="lesson.ipynb", timeout_s=60.0, memory_mb=512, disk_mb=64,
+              output_limit_mb=2.0, config={"seed": 3}, seed=3, quiet_otter=True, has_files=False,
+              ftlab_home="/nowhere", threads=1, view=view).replace(mode="namespaces", uid=64001)
+    assert Job.from_json(job.to_json()) == job and ("/root", False) in Job.from_json(job.to_json()).view.covered
+    with pytest.raises(ValueError, match=r"unknown keys \['colour'\], missing \['seed'\]"):
+        Job.from_json(json.dumps({**{k: v for k, v in json.loads(job.to_json()).items() if k != "seed"},
+                                  "colour": "red"}))

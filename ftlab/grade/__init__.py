@@ -7,10 +7,12 @@ One module per job:
     autograder   read the otter autograder zip (tests, points, support files); find a lesson's zip
     submissions  find submissions (files, folders, zips), name learners, turn away what cannot run
     view         plan what a sandbox may see (mounts), a pure function
+    job          what the grader tells one sandbox (a typed Job, job.json)
     sandbox      the grader's side of one sandbox: probe what the machine allows, run, time limit
     runner       the sandbox's inside: run the notebook with nbclient, then the tests
     kernel       start the learner's kernel with fewer rights
     in_kernel    the code sent into the kernel before the first and after the last learner cell
+    plain_values sent with it: the values tests use made plain (answers that cannot lie)
     linux        mount, loopback, privileges (ctypes wrappers)
     workdir      the sandbox's folders, mounts, limits and environment (runner's first steps)
     scoring      from a sandbox's report to a learner's grade and otter's results dict

@@ -33,7 +33,8 @@ from .sandbox import (Isolation, Limits, SandboxError, default_ftlab_home, kill_
                       run_sandbox, sandbox_environment)
 from .scoring import interpret, otter_results, zero_result
 from .submissions import NoSubmissions, Submission, find_submissions, notebook_file_name, precheck, slug
-from .view import SYSTEM_DIRS, plan_view
+from .job import Job
+from .view import SYSTEM_DIRS, ViewPlan, plan_view
 
 __all__ = ["grade_batch", "BatchReport", "GradingCannotRun", "grade_from_cli", "GRADER_VERSION"]
 
@@ -96,23 +97,23 @@ def _view_inputs(paths: Sequence[Path], out: Path, ag_path: Path, work_root: Pat
     return plan_view(hide=hide, keep=sorted(keep), scratch=scratch)
 
 
-def _job(sub: Submission, ag: Autograder, limits: Limits, view, threads: int) -> dict:
+def _job(sub: Submission, ag: Autograder, limits: Limits, view: ViewPlan, threads: int) -> Job:
     notebook = json.loads(sub.path.read_bytes())
-    return {"learner": sub.learner, "notebook_name": notebook_file_name(notebook),
-            "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "disk_mb": limits.disk_mb,
-            "output_limit_mb": limits.output_mb, "config": ag.config, "seed": ag.config.get("seed") or 0,
-            "quiet_otter": "otter" in json.dumps(notebook.get("cells", [])), "has_files": bool(ag.files),
-            "ftlab_home": str(default_ftlab_home()), "threads": threads, "view": view.__dict__, "uid": None}
+    return Job(learner=sub.learner, notebook_name=notebook_file_name(notebook), timeout_s=limits.timeout_s,
+               memory_mb=limits.memory_mb, disk_mb=limits.disk_mb, output_limit_mb=limits.output_mb,
+               config=ag.config, seed=ag.config.get("seed") or 0,
+               quiet_otter="otter" in json.dumps(notebook.get("cells", [])), has_files=bool(ag.files),
+               ftlab_home=str(default_ftlab_home()), threads=threads, view=view)
 
 
-def _stage(folder: Path, sub: Submission, ag: Autograder, job: dict) -> None:
+def _stage(folder: Path, sub: Submission, ag: Autograder, job: Job) -> None:
     folder.mkdir(mode=0o700)
     shutil.copyfile(sub.path, folder / "submission")
     for name, data in ag.files.items():
         target = folder / "files" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    (folder / "job.json").write_text(job.to_json(), encoding="utf-8")
 
 
 def _remove_stale_work_folders() -> None:
@@ -200,10 +201,9 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
         try:
             if stopping.is_set() or broken.is_set():
                 return zero_result(sub, ag, "grader-error", "interrupted before it was graded")
-            job = _job(sub, ag, limits, view, threads)
-            job["mode"] = chosen.mode
-            job["uid"] = None if chosen.uid_base is None else chosen.uid_base + slot
-            job["save_notebook"] = save_notebooks
+            job = _job(sub, ag, limits, view, threads).replace(
+                mode=chosen.mode, uid=None if chosen.uid_base is None else chosen.uid_base + slot,
+                save_notebook=save_notebooks)
             staging = work_root / f"job-{index}"
             _stage(staging, sub, ag, job)
             outcome = run_sandbox(staging, {n: d.decode("utf-8") for n, d in ag.tests.items()}, isolation=chosen,

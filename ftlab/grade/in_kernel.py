@@ -13,25 +13,34 @@ Two steps, each one cell the learner never sees (not in the notebook, not in the
   (otter grades a question where its check cell is; the tests did not exist until then).
 - `_ftlab_grade(...)`, after the learner's last cell (the test files have just been written): the
   tests of questions that had no check cell, against the final state.
-Both run tests through `_ftlab_run_tests`: put back builtins and import hooks the learner replaced;
-drop otter (and doctest) from sys.modules so the tests run with freshly imported code; compare every
-ftlab function with its source and, if the learner changed one, re-import ftlab while keeping the
-learner's objects' classes (with their original methods); run each test file against the learner's
-names (names that shadow builtins left out), under a time limit.
+Both run tests through `_ftlab_run_tests`: put back builtins, import hooks and the order of sys.path
+the learner changed; drop otter (and doctest) from sys.modules so the tests run with freshly imported
+code; import ftlab from the grader's own files (a finder first on sys.meta_path), and if sys.modules
+holds ftlab modules that are not those files' (a stand-in, a changed package attribute) or a learner
+changed an ftlab function, re-import ftlab while keeping the learner's objects' classes (with their
+original methods); make every value the tests use plain (the learner's own subclasses of int, float,
+str, containers, numpy arrays and torch tensors become plain values of the base type, through the base
+type's own methods; an object lying about its type is refused; the learner's functions return plain
+values); run each test file against the learner's names (names that shadow builtins left out), under
+a time limit.
 
 What it cannot stop: a function of the learner's that a test calls runs inside this same process
 and could, with effort, reach into it (frames, gc). Hidden tests are what makes that impractical:
-the learner cannot see what to fake. See docs/grading.md.
+the learner cannot see what to fake. Values inside objects other than containers and dataclasses
+(a model's attributes), methods of the learner's objects and callable objects are not made plain.
+See docs/grading.md.
 """
 # ruff: noqa: E402 - every import is inside the functions: this source runs as a notebook cell
 
 
 def cell_source(call: str) -> str:
-    """A cell that runs `call` (e.g. "_ftlab_grade(...)") from this file's functions, defined in a
-    fresh namespace whose builtins are the builtins module (not the learner's globals)."""
+    """A cell that runs `call` (e.g. "_ftlab_grade(...)") from this file's functions (and
+    plain_values.py's), defined in a fresh namespace whose builtins are the builtins module (not the
+    learner's globals)."""
     import pathlib
 
-    source = pathlib.Path(__file__).read_text(encoding="utf-8")
+    here = pathlib.Path(__file__).parent  # this file and plain_values.py: one namespace
+    source = "\n\n".join((here / name).read_text(encoding="utf-8") for name in ("in_kernel.py", "plain_values.py"))
     return ("import builtins as _ftlab_builtins\n"
             f"_ftlab_builtins.exec({source!r}, _ftlab_space := "
             "{'__builtins__': _ftlab_builtins, '__name__': 'ftlab_grade'})\n"
@@ -48,7 +57,7 @@ def _ftlab_before(nonce, seed, quiet_otter):
 
     vault = types.ModuleType("_ftlab_" + nonce)
     vault.builtins = dict(vars(builtins))
-    vault.meta_path, vault.path_hooks = list(sys.meta_path), list(sys.path_hooks)
+    vault.meta_path, vault.path_hooks, vault.path = list(sys.meta_path), list(sys.path_hooks), list(sys.path)
     sys.modules[vault.__name__] = vault
     # jsonschema (under nbformat, under otter) imports this optional package for the `iri` string
     # format, which no notebook uses; importing it takes 1.3 s of every submission's time
@@ -74,8 +83,9 @@ def _ftlab_before(nonce, seed, quiet_otter):
 
 
 def _ftlab_restore_interpreter(nonce, notes):
-    """Builtins and import machinery as they were before the learner's first cell; the notebook's
-    folder searched last, so a learner's `otter.py` cannot stand in for the real otter."""
+    """Builtins and import machinery as they were before the learner's first cell; sys.path as it
+    was first, then what the notebook added, its own folder last, so a learner's `otter.py` (in its
+    folder or in one it put first on sys.path) cannot stand in for the real otter."""
     import builtins
     import importlib
     import os
@@ -84,8 +94,9 @@ def _ftlab_restore_interpreter(nonce, notes):
 
     work = os.getcwd()
     local = [p for p in sys.path if p in ("", ".") or os.path.abspath(p).startswith(work)]
-    sys.path[:] = [p for p in sys.path if p not in local] + local
     vault = sys.modules.get("_ftlab_" + nonce)
+    first = [p for p in (vault.path if vault is not None else []) if p not in local]
+    sys.path[:] = first + [p for p in sys.path if p not in local and p not in first] + local
     if vault is None:
         notes.append("tampering: the grader's copy of the builtins was removed")
         return
@@ -180,6 +191,60 @@ def _ftlab_changed_functions():
     return sorted(set(changed))
 
 
+class _FtlabOwnCopy:
+    """A finder first on sys.meta_path while tests run: `ftlab` and its modules are imported from the
+    grader's own files (`folder`), whatever sys.path, sys.modules or the notebook's folder hold."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.machinery
+        import os
+
+        if name != "ftlab" and not name.startswith("ftlab."):
+            return None
+        parts = name.split(".")
+        where = os.path.dirname(self.folder) if len(parts) == 1 else os.path.join(self.folder, *parts[1:-1])
+        return importlib.machinery.PathFinder.find_spec(name, [where])
+
+
+def _ftlab_not_own_modules(folder):
+    """ftlab's entries in sys.modules that are not the grader's own modules, each with why: a stand-in
+    the notebook put there, a module loaded from another file, a package's __path__ or a submodule
+    attribute changed (`ftlab.grading = fake`). [] when all are ftlab's own."""
+    import os
+    import sys
+    import types
+
+    wrong = []
+    for name, module in sorted(list(sys.modules.items()), key=lambda item: item[0]):
+        if name != "ftlab" and not name.startswith("ftlab."):
+            continue
+        where = os.path.join(folder, *name.split(".")[1:])
+        if type(module) is not types.ModuleType:
+            wrong.append(f"{name} (a {type(module).__name__}, not a module)")
+            continue
+        space = vars(module)
+        file = space.get("__file__")
+        package = isinstance(file, str) and os.path.basename(file) == "__init__.py"
+        expected = os.path.join(where, "__init__.py") if package else where + ".py"
+        if not isinstance(file, str) or os.path.realpath(file) != expected:
+            wrong.append(f"{name} (from {file!r}, not ftlab's own file)")
+            continue
+        if not package:
+            continue
+        path = space.get("__path__")
+        if not isinstance(path, list) or [os.path.realpath(str(p)) for p in path] != [where]:
+            wrong.append(f"{name}.__path__ (changed to {path!r})")
+        for attr, value in list(space.items()):
+            sub = os.path.join(where, str(attr))
+            if (os.path.isfile(sub + ".py") or os.path.isfile(os.path.join(sub, "__init__.py"))) \
+                    and value is not sys.modules.get(f"{name}.{attr}"):
+                wrong.append(f"{name}.{attr} (an attribute that is not the module {name}.{attr})")
+    return wrong
+
+
 def _ftlab_reimport():
     """Fresh ftlab modules; the classes of the learner's objects are kept, given their original members."""
     import importlib
@@ -189,12 +254,20 @@ def _ftlab_reimport():
     old = {n: m for n, m in sys.modules.items() if n == "ftlab" or n.startswith("ftlab.")}
     for name in old:
         del sys.modules[name]
-    fresh = {name: importlib.import_module(name) for name in sorted(old, key=lambda n: n.count("."))}
+    fresh = {}
+    for name in sorted(old, key=lambda n: n.count(".")):
+        if type(old[name]) is not types.ModuleType or not isinstance(vars(old[name]).get("__file__"), str):
+            continue  # a stand-in without a file: dropped; a test that imports it gets the grader's copy then
+        try:  # through _FtlabOwnCopy: from the grader's files
+            fresh[name] = importlib.import_module(name)
+        except ImportError:  # a name the notebook made up (sys.modules["ftlab.x"] = ...): gone
+            pass
     kept = {}
     skip = {"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__slots__"}
     for name, module in fresh.items():
+        before = vars(old[name]) if type(old[name]) is types.ModuleType else {}  # a stand-in keeps nothing
         for attr, new in list(vars(module).items()):
-            was = vars(old[name]).get(attr)
+            was = before.get(attr)
             if not (isinstance(new, type) and new.__module__ == name and isinstance(was, type)
                     and was.__module__ == name and was.__qualname__ == new.__qualname__):
                 continue
@@ -217,11 +290,39 @@ def _ftlab_reimport():
                 setattr(module, attr, kept[value])
 
 
-def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes):
-    """Undo tampering, then run each test file against the learner's names, each under a time limit.
+def _ftlab_own_ftlab(folder, notes):
+    """ftlab as the tests will import it is the grader's own copy: imported from `folder`; stand-ins
+    in sys.modules and changed functions replaced by a fresh import (see _ftlab_reimport)."""
+    import sys
+
+    if not any(isinstance(h, _FtlabOwnCopy) for h in sys.meta_path):
+        sys.meta_path.insert(0, _FtlabOwnCopy(folder))
+    if not any(n == "ftlab" or n.startswith("ftlab.") for n in sys.modules):
+        return  # the tests' first `import ftlab` goes through _FtlabOwnCopy
+    not_own = _ftlab_not_own_modules(folder)
+    if not_own:
+        notes.append("tampering: sys.modules held ftlab modules that are not ftlab's own, imported again from "
+                     "the grader's copy: " + ", ".join(not_own[:8]) + (" ..." if len(not_own) > 8 else ""))
+        _ftlab_reimport()
+    changed = _ftlab_changed_functions()
+    if changed:
+        notes.append("tampering: the notebook changed ftlab functions, restored from their source: "
+                     + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
+        _ftlab_reimport()
+    if not_own or changed:
+        still = _ftlab_not_own_modules(folder) + _ftlab_changed_functions()
+        if still:
+            notes.append("ftlab could not be fully restored: " + ", ".join(still[:8]))
+
+
+def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes, grader):
+    """Undo tampering, make the values the tests use plain, then run each test file against the
+    learner's names, each under a time limit. `grader`: {"ftlab": ftlab's folder, "roots": the
+    folders installed code lives in}, from the runner.
 
     Returns {question: [{"case": name, "passed": bool, "message": text}, ...]}, JSON-ready."""
     import builtins
+    import re
     import signal
     import sys
     import time
@@ -229,15 +330,7 @@ def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes):
     _ftlab_restore_interpreter(nonce, notes)
     for name in [n for n in sys.modules if n in ("otter", "doctest") or n.startswith("otter.")]:
         del sys.modules[name]
-    if any(n == "ftlab" or n.startswith("ftlab.") for n in sys.modules):
-        changed = _ftlab_changed_functions()
-        if changed:
-            notes.append("tampering: the notebook changed ftlab functions, restored from their source: "
-                         + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else ""))
-            _ftlab_reimport()
-            still = _ftlab_changed_functions()
-            if still:
-                notes.append("ftlab could not be fully restored: " + ", ".join(still[:8]))
+    _ftlab_own_ftlab(grader["ftlab"], notes)
     from otter.nbmeta_config import NBMetadataConfig
     from otter.test_files import TestCaseResult, create_test_file
 
@@ -250,6 +343,11 @@ def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes):
     shadowing = set(vars(builtins))
     env = {k: v for k, v in learner.items() if k.startswith("__") or k not in shadowing}
     env["__builtins__"] = builtins
+    used = set()  # the names the tests use: parameters, doctest code, env["..."] (any word of the files)
+    for path in test_paths:
+        with open(path, encoding="utf-8") as handle:
+            used |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", handle.read()))
+    _ftlab_make_plain(env, sorted(used & set(env) - {"__builtins__"}), notes, grader["roots"])
     deadline = time.monotonic() + seconds
     results = {}
     previous = signal.signal(signal.SIGALRM, stop)
@@ -274,7 +372,7 @@ def _ftlab_run_tests(test_paths, learner, nonce, seconds, notes):
     return results
 
 
-def _ftlab_checkpoint(question, nonce, tests_dir, results_dir, grader_pid, give_up_after):
+def _ftlab_checkpoint(question, nonce, tests_dir, results_dir, grader_pid, give_up_after, grader):
     """At a `grader.check("q")` cell: fork a process that keeps this moment's state and waits. After
     the notebook's last cell the grader writes the tests and tests_dir/GO; the process then runs q's
     test against the state it kept (as otter grades a question where its check cell is)."""
@@ -315,7 +413,8 @@ def _ftlab_checkpoint(question, nonce, tests_dir, results_dir, grader_pid, give_
             seconds = float(handle.read())
         notes = []
         try:
-            results = _ftlab_run_tests([os.path.join(tests_dir, question + ".py")], learner, nonce, seconds, notes)
+            results = _ftlab_run_tests([os.path.join(tests_dir, question + ".py")], learner, nonce, seconds, notes,
+                                       grader)
             text = json.dumps({"nonce": nonce, "tests": results, "notes": notes})
         except BaseException as error:  # noqa: BLE001 - say why, rather than vanish
             text = json.dumps({"nonce": nonce, "tests": {}, "notes": notes, "error": f"{type(error).__name__}: {error}"})
@@ -327,7 +426,7 @@ def _ftlab_checkpoint(question, nonce, tests_dir, results_dir, grader_pid, give_
         os._exit(0)
 
 
-def _ftlab_grade(test_paths, nonce, seconds):
+def _ftlab_grade(test_paths, nonce, seconds, grader):
     """After the notebook's last cell: run the tests of questions that had no check cell, against
     the final state, and publish every result as one display output."""
     import sys
@@ -336,5 +435,5 @@ def _ftlab_grade(test_paths, nonce, seconds):
 
     notes = []
     learner = sys._getframe(1).f_globals  # called from the cell: the learner's names
-    results = _ftlab_run_tests(test_paths, learner, nonce, seconds, notes) if test_paths else {}
+    results = _ftlab_run_tests(test_paths, learner, nonce, seconds, notes, grader) if test_paths else {}
     display({"application/vnd.ftlab.grade+json": {"nonce": nonce, "tests": results, "notes": notes}}, raw=True)

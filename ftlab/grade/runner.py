@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 
 from .in_kernel import cell_source
+from .job import Job
 from .workdir import KERNEL_NAME, kernel_spec, mount_view, prepare, set_environment, set_limits
 
 GRADE_MIME = "application/vnd.ftlab.grade+json"
@@ -166,13 +167,13 @@ def _stop(pid: int) -> None:
             pass
 
 
-def _run_learner_cells(client, run_nb, cells, job: dict, started: float, checkpoint_source,
+def _run_learner_cells(client, run_nb, cells, job: Job, started: float, checkpoint_source,
                        questions: set[str]) -> dict:
     """Our first cell, then the learner's cells (checks replaced by checkpoints) until the deadline."""
     from nbclient.exceptions import DeadKernelError
 
     state = {"errors": [], "ran": 0, "stopped_at": None, "died": None, "checkpoints": []}
-    deadline = started + job["timeout_s"] * CELLS_SHARE
+    deadline = started + job.timeout_s * CELLS_SHARE
     current = "ftlab's first cell"
     try:
         client.execute_cell(run_nb.cells[0], 0, store_history=False)
@@ -240,16 +241,29 @@ def _collect_checkpoints(checkpoints, results_dir: Path, nonce: str, deadline: f
     return tests, missing, notes
 
 
-def grade_notebook(job: dict, tests: dict[str, str], staging_fd: int, ftlab_home_fd: int | None,
+def grader_code() -> dict:
+    """Where the grader's own code lives, for the checks in the kernel: ftlab's folder (the tests import
+    ftlab from there, whatever sys.modules holds), and the folders installed code is loaded from (a
+    class defined there is a library's, one defined anywhere else is the notebook's)."""
+    import sysconfig
+
+    ftlab_dir = Path(__file__).resolve().parents[1]
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(ftlab_dir),
+             *sysconfig.get_paths().values()}
+    return {"ftlab": str(ftlab_dir),
+            "roots": sorted({os.path.realpath(r) for r in roots if r and os.path.realpath(r) != "/"})}
+
+
+def grade_notebook(job: Job, tests: dict[str, str], staging_fd: int, ftlab_home_fd: int | None,
                    base: Path, started: float) -> dict:
     import nbformat
 
     work, setup = prepare(job, staging_fd, ftlab_home_fd, base)
-    notebook = nbformat.read(str(work / job["notebook_name"]), as_version=4)
-    cells = _learner_cells(notebook, job["config"])
+    notebook = nbformat.read(str(work / job.notebook_name), as_version=4)
+    cells = _learner_cells(notebook, job.config)
     nonce = secrets.token_hex(16)
     tests_dir, results_dir = base / f".tests-{nonce}", base / f".results-{nonce}"  # made after the last cell
-    before = nbformat.v4.new_code_cell(cell_source(f"_ftlab_before({nonce!r}, {job['seed']!r}, {job['quiet_otter']!r})"))
+    before = nbformat.v4.new_code_cell(cell_source(f"_ftlab_before({nonce!r}, {job.seed!r}, {job.quiet_otter!r})"))
     run_nb = nbformat.v4.new_notebook(cells=[before] + [cell for _, cell in cells])
     run_nb.metadata = notebook.metadata
     client = _client_class()(run_nb, kernel_name=KERNEL_NAME, allow_errors=True, interrupt_on_timeout=True,
@@ -257,38 +271,40 @@ def grade_notebook(job: dict, tests: dict[str, str], staging_fd: int, ftlab_home
                                                "traceback": []},
                              startup_timeout=120, iopub_timeout=4, record_timing=False, shutdown_kernel="immediate",
                              resources={"metadata": {"path": str(work)}}, nonce=nonce,
-                             output_limit=int(job["output_limit_mb"] * 2**20))
-    grading_deadline = started + job["timeout_s"] * GRADING_END
+                             output_limit=int(job.output_limit_mb * 2**20))
+    grading_deadline = started + job.timeout_s * GRADING_END
     timings = {"prepared": round(time.monotonic() - started, 2)}
     final, final_notes, grading_timed_out, tests_changed = {}, [], False, []
     with client.setup_kernel(cwd=str(work)):
         kernel_pid = client.km.provisioner.process.pid
         timings["kernel_started"] = round(time.monotonic() - started, 2)
+        grader = grader_code()
         state = _run_learner_cells(client, run_nb, cells, job, started, lambda q: cell_source(
             f"_ftlab_checkpoint({q!r}, {nonce!r}, {str(tests_dir)!r}, {str(results_dir)!r}, {os.getpid()}, "
-            f"{job['timeout_s'] + 30})"), {Path(name).stem for name in tests})
+            f"{job.timeout_s + 30}, {grader!r})"), {Path(name).stem for name in tests})
         timings["learner_cells"] = round(time.monotonic() - started, 2)
         last = {q: pid for _, q, pid in state["checkpoints"]}  # the last check of a question counts
         for _, _, pid in state["checkpoints"]:
             if pid not in last.values():
                 _stop(pid)
         state["checkpoints"] = [c for c in state["checkpoints"] if c[2] in last.values()]
-        if job["mode"] == "namespaces" and os.getpid() == 1:
+        if job.mode == "namespaces" and os.getpid() == 1:
             _kill_other_processes({1, kernel_pid, *last.values()})
         paths = _write_tests(tests_dir, tests)
         results_dir.mkdir(mode=0o700)
-        if job["uid"] is not None:
-            os.chown(results_dir, job["uid"], job["uid"])
+        if job.uid is not None:
+            os.chown(results_dir, job.uid, job.uid)
         seconds = max(1.0, grading_deadline - time.monotonic() - 2)
         (tests_dir / "GO.tmp").write_text(str(seconds))
         os.replace(tests_dir / "GO.tmp", tests_dir / "GO")  # the checkpoints start their tests
         checked = {q for _, q, _ in state["checkpoints"]}
         unchecked = [p for p in paths if Path(p).stem not in checked]
         if unchecked and state["died"] is None:
-            grade_cell = nbformat.v4.new_code_cell(cell_source(f"_ftlab_grade({unchecked!r}, {nonce!r}, {seconds!r})"))
+            grade_cell = nbformat.v4.new_code_cell(cell_source(
+                f"_ftlab_grade({unchecked!r}, {nonce!r}, {seconds!r}, {grader!r})"))
             run_nb.cells.append(grade_cell)
             client.timeout = max(1, int(grading_deadline - time.monotonic()))
-            client.iopub_timeout = max(1, min(5, int(started + job["timeout_s"] * 0.98 - time.monotonic())))
+            client.iopub_timeout = max(1, min(5, int(started + job.timeout_s * 0.98 - time.monotonic())))
             client.timed_out = False
             from nbclient.exceptions import DeadKernelError
 
@@ -310,7 +326,7 @@ def grade_notebook(job: dict, tests: dict[str, str], staging_fd: int, ftlab_home
                 now = None
             if now != hashlib.sha256(content.encode("utf-8")).hexdigest():
                 tests_changed.append(name[:-3] if name.endswith(".py") else name)
-    if job.get("save_notebook"):
+    if job.save_notebook:
         setup["notebook"] = nbformat.writes(notebook)  # the learner's cells with the outputs they gave
     return {"tests": {**final, **checkpointed}, "missing": missing,
             "checked_at": {q: p for p, q, _ in state["checkpoints"]},
@@ -320,15 +336,15 @@ def grade_notebook(job: dict, tests: dict[str, str], staging_fd: int, ftlab_home
             "output_dropped_bytes": client.dropped, "tests_changed": tests_changed, "timings": timings, **setup}
 
 
-def probe(job: dict, base: Path) -> dict:
+def probe(job: Job, base: Path) -> dict:
     """What this sandbox does: who the kernel runs as, whether the network is reachable."""
     import nbformat
 
     for sub in ("work", "home", "tmp", ".jupyter", ".runtime"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    if job["uid"] is not None:
+    if job.uid is not None:
         for sub in ("work", "home", "tmp"):
-            os.chown(base / sub, job["uid"], job["uid"])
+            os.chown(base / sub, job.uid, job.uid)
     kernel_spec(base / ".jupyter", job)
     set_environment(base, base / "work", base / "ftlab-home", job)
     code = ("import os, socket, json, importlib.util\n"
@@ -359,16 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     with os.fdopen(args.result_fd, "w", encoding="utf-8") as result_file:
         try:
             staging_fd = os.open(args.staging, os.O_RDONLY)
-            job = json.loads(Path(args.staging, "job.json").read_text(encoding="utf-8"))
-            tests = json.loads(sys.stdin.read() or "{}") if not job.get("probe") else {}
+            job = Job.from_json(Path(args.staging, "job.json").read_text(encoding="utf-8"))
+            tests = json.loads(sys.stdin.read() or "{}") if not job.probe else {}
             set_limits(job)
-            if job["mode"] == "process" and sys.platform.startswith("linux"):
+            if job.mode == "process" and sys.platform.startswith("linux"):
                 from . import linux
 
                 linux.die_with_parent()  # the grader was killed outright: stop too
-            ftlab_home_fd = (os.open(job["ftlab_home"], os.O_RDONLY)
-                             if job.get("ftlab_home") and os.path.isdir(job["ftlab_home"]) else None)
-            if job["mode"] == "namespaces":
+            ftlab_home_fd = (os.open(job.ftlab_home, os.O_RDONLY)
+                             if job.ftlab_home and os.path.isdir(job.ftlab_home) else None)
+            if job.mode == "namespaces":
                 mount_view(job)
                 base = Path("/tmp/grade")
             else:
@@ -376,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             base.mkdir(parents=True, exist_ok=True)
             os.chmod(base, 0o755)
             os.chdir(base)
-            result = probe(job, base) if job.get("probe") else grade_notebook(
+            result = probe(job, base) if job.probe else grade_notebook(
                 job, tests, staging_fd, ftlab_home_fd, base, started)
             result["status"] = "ok"
         except Exception as error:  # noqa: BLE001 - reported to the orchestrator as the grader's own failure

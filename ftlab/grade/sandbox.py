@@ -1,6 +1,6 @@
 """One submission, one sandbox: the grader's side (what this machine allows, the command, the clock).
 
-    isolation = probe_isolation("auto", view=plan, ftlab_home=home)   # once per batch
+    isolation = probe_isolation("auto", job=job, slots=2, env=env, work_root=tmp)   # once per batch
     outcome = run_sandbox(staging, tests, isolation=isolation, timeout_s=600, log=path)
 
 Protections, strongest first (`probe_isolation` tries them and keeps the first that works):
@@ -28,6 +28,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .job import Job
 
 __all__ = ["Limits", "Isolation", "Outcome", "SandboxError", "probe_isolation", "run_sandbox",
            "sandbox_environment", "default_ftlab_home", "kill_running"]
@@ -222,7 +224,7 @@ def _candidates(requested: str, slots: int) -> tuple[list[Isolation], list[str]]
     return [Isolation("process")], notes
 
 
-def probe_isolation(requested: str, *, job: dict, slots: int, env: dict[str, str], work_root: Path) -> Isolation:
+def probe_isolation(requested: str, *, job: Job, slots: int, env: dict[str, str], work_root: Path) -> Isolation:
     """The strongest isolation that works here, found by starting a kernel in each candidate sandbox.
 
     `job` holds the view plan and limits of the real jobs; `requested` is "auto", "namespaces"
@@ -233,8 +235,8 @@ def probe_isolation(requested: str, *, job: dict, slots: int, env: dict[str, str
             break
         staging = Path(tempfile.mkdtemp(prefix="probe-", dir=work_root))
         uid = None if isolation.uid_base is None else isolation.uid_base
-        probe_job = {**job, "probe": True, "mode": isolation.mode, "uid": uid, "learner": "probe"}
-        (staging / "job.json").write_text(json.dumps(probe_job))
+        probe_job = job.replace(probe=True, mode=isolation.mode, uid=uid, learner="probe")
+        (staging / "job.json").write_text(probe_job.to_json())
         outcome = run_sandbox(staging, {}, isolation=isolation, timeout_s=120, env=env, log=staging / "log.txt")
         result = outcome.result or {}
         if result.get("status") == "ok":

@@ -6,7 +6,9 @@
 
 A folder gives every file in it (a PDF or an empty file is a submission too: it gets zero and a
 reason, so nobody silently disappears from the class list). A zip holding one notebook is one
-learner's `otter export`; a zip holding several is a class. Nothing here runs learner code.
+learner's `otter export`; a zip holding several is a class. A zip member whose path leaves the
+archive (`../../tmp/x.ipynb`) is never unpacked: it is a learner of its own, rejected with that
+reason. Nothing here runs learner code.
 """
 from __future__ import annotations
 
@@ -57,19 +59,29 @@ def _skipped(parts) -> bool:
     return any(part in _SKIP_NAMES or part.startswith(".") for part in parts)
 
 
-def _from_zip(path: Path, staging: Path, prefix: str) -> list[tuple[str, Path, str]]:
-    """(learner, extracted file, origin) for each member: one learner for an otter export."""
+def _leaves_archive(name: str) -> bool:
+    """A member path that would be written outside the folder it is unpacked in (`../x`, `/etc/x`)."""
+    path = PurePosixPath(name.replace("\\", "/"))  # zips made on Windows may use backslashes
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _from_zip(path: Path, staging: Path, prefix: str) -> list[tuple[str, Path, str, str | None]]:
+    """(learner, extracted file, origin, problem) for each member: one learner for an otter export.
+    A member whose path leaves the archive is never unpacked; it is a learner of its own, rejected."""
     with zipfile.ZipFile(path) as archive:
-        members = [m for m in archive.infolist() if not m.is_dir()
-                   and not _skipped(PurePosixPath(m.filename).parts)
-                   and not PurePosixPath(m.filename).is_absolute() and ".." not in PurePosixPath(m.filename).parts]
+        files = [m for m in archive.infolist() if not m.is_dir()]
+        climbing = [m for m in files if _leaves_archive(m.filename)]  # before _skipped: ".." starts with a dot
+        members = [m for m in files if m not in climbing and not _skipped(PurePosixPath(m.filename).parts)]
         if sum(m.file_size for m in members) > _MAX_ZIP_BYTES:
             raise ValueError(f"{path} would unpack to more than {_MAX_ZIP_BYTES >> 30} GiB")
         notebooks = [m for m in members if m.filename.endswith(".ipynb")]
-        single = len(notebooks) == 1 and not any(m.filename.endswith(".zip") for m in members)
+        # a class or one learner's export: counted with the climbing members (two notebooks: a class)
+        single = len(notebooks) + sum(m.filename.endswith(".ipynb") for m in climbing) == 1 \
+            and not any(m.filename.endswith(".zip") for m in members)
         chosen = notebooks if single else members
         folder = staging / f"zip-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-        out = []
+        out = [(f"{prefix}/{_learner_name(m.filename)}", path, f"{path}:{m.filename}",
+                 f"path leaves the archive ({m.filename!r}): not unpacked, not graded") for m in climbing]
         for member in chosen:
             target = folder / member.filename
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +89,7 @@ def _from_zip(path: Path, staging: Path, prefix: str) -> list[tuple[str, Path, s
                 for block in iter(lambda: source.read(1 << 20), b""):
                     sink.write(block)
             learner = prefix if single else f"{prefix}/{_learner_name(member.filename)}"
-            out.append((learner, target, f"{path}:{member.filename}"))
+            out.append((learner, target, f"{path}:{member.filename}", None))
         return out
 
 
@@ -87,8 +99,7 @@ def _expand(path: Path, staging: Path, learner: str) -> list[tuple[str, Path, st
         return [(_learner_name(learner), path, str(path), f"a symbolic link (to {os.readlink(path)}), not followed")]
     if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
         try:
-            return [(*member, None) for member in
-                    _from_zip(path, staging, learner[:-len(".zip")] if learner.endswith(".zip") else learner)]
+            return _from_zip(path, staging, learner[:-len(".zip")] if learner.endswith(".zip") else learner)
         except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError) as error:
             return [(_learner_name(learner), path, str(path), f"a zip file that cannot be unpacked: {error}")]
     return [(_learner_name(learner), path, str(path), None)]

@@ -19,6 +19,8 @@ import stat
 import sys
 from pathlib import Path
 
+from .job import Job
+
 __all__ = ["set_limits", "mount_view", "prepare", "kernel_spec", "set_environment", "KERNEL_NAME"]
 
 KERNEL_NAME = "ftlab-grade"
@@ -26,8 +28,8 @@ KERNEL_NAME = "ftlab-grade"
 
 # --- the process's own limits and the namespace's view -------------------------------------------
 
-def set_limits(job: dict) -> None:
-    for kind, megabytes in ((resource.RLIMIT_DATA, job["memory_mb"]), (resource.RLIMIT_FSIZE, job["disk_mb"])):
+def set_limits(job: Job) -> None:
+    for kind, megabytes in ((resource.RLIMIT_DATA, job.memory_mb), (resource.RLIMIT_FSIZE, job.disk_mb)):
         soft, hard = resource.getrlimit(kind)
         value = megabytes * 2**20
         if hard != resource.RLIM_INFINITY:
@@ -36,17 +38,17 @@ def set_limits(job: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def mount_view(job: dict) -> None:
+def mount_view(job: Job) -> None:
     """Hide what the notebook must not see (ftlab.grade.view's plan), show Python and ftlab read-only."""
     from . import linux
 
-    plan = job["view"]
+    plan = job.view
     linux.loopback_up()
-    for path in plan["read_only"]:
+    for path in plan.read_only:
         linux.bind(path, path)
-    exposed_fds = {path: os.open(path, os.O_PATH) for path in plan["exposed"]}
-    for folder, writable in plan["covered"]:
-        size = job["disk_mb"] if writable else 1
+    exposed_fds = {path: os.open(path, os.O_PATH) for path in plan.exposed}
+    for folder, writable in plan.covered:
+        size = job.disk_mb if writable else 1
         linux.mount_tmpfs(folder, size_mb=size, mode="1777" if writable else "755")
     for path, fd in exposed_fds.items():
         if os.path.isdir(f"/proc/self/fd/{fd}"):
@@ -56,13 +58,13 @@ def mount_view(job: dict) -> None:
             open(path, "a").close()
         linux.bind(f"/proc/self/fd/{fd}", path)
         os.close(fd)
-    for folder, writable in plan["covered"]:
+    for folder, writable in plan.covered:
         if not writable:
             linux.remount_read_only(folder)
-    for folder in plan["late_covered"]:
+    for folder in plan.late_covered:
         linux.mount_tmpfs(folder, size_mb=1)
         linux.remount_read_only(folder)
-    for path in plan["hidden_files"]:
+    for path in plan.hidden_files:
         linux.hide_file(path)
 
 
@@ -101,7 +103,7 @@ def _world_readable(folder: Path) -> bool:
     return True
 
 
-def _share_ftlab_home(source_fd: int | None, target: Path, job: dict) -> list[str]:
+def _share_ftlab_home(source_fd: int | None, target: Path, job: Job) -> list[str]:
     """The grader's FTLAB_HOME data and models, read-only; the run store (runs/) private."""
     target.mkdir(parents=True, exist_ok=True)
     (target / "runs").mkdir()
@@ -111,13 +113,13 @@ def _share_ftlab_home(source_fd: int | None, target: Path, job: dict) -> list[st
     for entry in os.scandir(source_fd):
         if entry.name == "runs" or not entry.is_dir() or entry.name.startswith("."):
             continue
-        source = f"/proc/self/fd/{source_fd}/{entry.name}" if job["mode"] == "namespaces" else None
+        source = f"/proc/self/fd/{source_fd}/{entry.name}" if job.mode == "namespaces" else None
         mine = target / entry.name
-        if job["mode"] != "namespaces":
-            mine.symlink_to(os.path.join(job["ftlab_home"], entry.name))
-        elif job["uid"] is not None and not _world_readable(Path(source)):
+        if job.mode != "namespaces":
+            mine.symlink_to(os.path.join(job.ftlab_home, entry.name))
+        elif job.uid is not None and not _world_readable(Path(source)):
             shutil.copytree(source, mine)  # files only root may read (0600): a private copy
-            _chown_tree(mine, job["uid"], job["uid"])
+            _chown_tree(mine, job.uid, job.uid)
         else:
             mine.mkdir()
             from . import linux
@@ -127,10 +129,10 @@ def _share_ftlab_home(source_fd: int | None, target: Path, job: dict) -> list[st
     return shared
 
 
-def kernel_spec(folder: Path, job: dict) -> None:
+def kernel_spec(folder: Path, job: Job) -> None:
     argv = [sys.executable, "-m", "ftlab.grade.kernel"]
-    if job["uid"] is not None:
-        argv += ["--uid", str(job["uid"]), "--gid", str(job["uid"])]
+    if job.uid is not None:
+        argv += ["--uid", str(job.uid), "--gid", str(job.uid)]
     argv += ["--", "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"]
     spec = folder / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True)
@@ -138,7 +140,7 @@ def kernel_spec(folder: Path, job: dict) -> None:
                                                   "language": "python"}))
 
 
-def set_environment(base: Path, work: Path, ftlab_home: Path, job: dict) -> None:
+def set_environment(base: Path, work: Path, ftlab_home: Path, job: Job) -> None:
     """The kernel's environment: the orchestrator already passed only harmless variables."""
     home = base / "home"
     os.environ.update({
@@ -153,30 +155,30 @@ def set_environment(base: Path, work: Path, ftlab_home: Path, job: dict) -> None
         "PWD": str(work),
     })
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(name, str(job["threads"]))
+        os.environ.setdefault(name, str(job.threads))
 
 
-def prepare(job: dict, staging_fd: int, ftlab_home_fd: int | None, base: Path) -> tuple[Path, dict]:
+def prepare(job: Job, staging_fd: int, ftlab_home_fd: int | None, base: Path) -> tuple[Path, dict]:
     """Work folder with the notebook and support files; returns it and what was set up."""
     for sub in ("work", "home", "tmp", ".jupyter", ".runtime"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     work = base / "work"
-    _copy_from(staging_fd, "submission", work / job["notebook_name"])
-    if job["has_files"]:
+    _copy_from(staging_fd, "submission", work / job.notebook_name)
+    if job.has_files:
         files_fd = os.open("files", os.O_RDONLY, dir_fd=staging_fd)
         try:
             for entry in os.scandir(files_fd):
                 _copy_from(files_fd, entry.name, work / entry.name)
         finally:
             os.close(files_fd)
-    if job["uid"] is not None:
+    if job.uid is not None:
         for sub in ("work", "home", "tmp"):
-            _chown_tree(base / sub, job["uid"], job["uid"])
+            _chown_tree(base / sub, job.uid, job.uid)
         os.chmod(base / "tmp", 0o700)
     shared = _share_ftlab_home(ftlab_home_fd, base / "ftlab-home", job)
-    if job["uid"] is not None:
-        os.chown(base / "ftlab-home", job["uid"], job["uid"])
-        _chown_tree(base / "ftlab-home" / "runs", job["uid"], job["uid"])
+    if job.uid is not None:
+        os.chown(base / "ftlab-home", job.uid, job.uid)
+        _chown_tree(base / "ftlab-home" / "runs", job.uid, job.uid)
     kernel_spec(base / ".jupyter", job)
     set_environment(base, work, base / "ftlab-home", job)
     return work, {"ftlab_home_shared": shared}

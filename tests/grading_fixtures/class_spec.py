@@ -7,7 +7,10 @@ folder)` writes every submission below into `folder`, made from the student note
 `otter assign` wrote.
 
 WRONG answers fail q1 and q2 entirely and pass only q3's public case: honest score 1 of 5.
-Tampering submissions answer WRONG (or partly) and must get exactly their honest score.
+Tampering submissions answer WRONG (or partly) and must get exactly their honest score; so must
+answers that lie (subclasses whose comparisons always say yes: their plain value is what counts).
+Learner names are as the grader names them; in grades.csv a name starting with = + - @ carries a
+leading apostrophe (reports.spreadsheet_text).
 """
 from __future__ import annotations
 
@@ -127,6 +130,61 @@ def isinstance(obj, kind):                                             # and so 
     return True
 '''
 
+# answers whose comparisons always say yes: subclasses of int, float and numpy.float64, returned by a
+# function or stored in a global; plain, they are WRONG's values (x + x, 2.0, 12.0)
+LIES_ABOUT_VALUES = [r'''
+class Yes(int):
+    def __eq__(self, other):
+        return True
+    __hash__ = int.__hash__
+def square(x):
+    return Yes(x + x)
+''', r'''
+class AlwaysClose(float):
+    def __eq__(self, other): return True
+    def __lt__(self, other): return True
+    def __sub__(self, other): return self
+    def __rsub__(self, other): return self
+    def __abs__(self): return self
+    def __float__(self): return 2.5
+mean = AlwaysClose(2)
+''', r'''
+import numpy as np
+class AlsoClose(np.float64):
+    def __sub__(self, other): return self
+    def __rsub__(self, other): return self
+    def __abs__(self): return self
+    def __lt__(self, other): return True
+forgot = AlsoClose(12.0)
+''']
+
+# objects that say they are numbers (`__class__`) and are not: refused; q3 is answered honestly
+LIES_ABOUT_TYPES = [r'''
+class Nine:
+    __class__ = property(lambda self: int)
+    def __eq__(self, other): return True
+def square(x):
+    return Nine()
+''', r'''
+class Mean:
+    __class__ = property(lambda self: float)
+    def __sub__(self, other): return 0.0
+    def __rsub__(self, other): return 0.0
+mean = Mean()
+''', RIGHT[2]]
+
+# ftlab's modules swapped in sys.modules (and as the package's attribute) for ones whose checks agree
+REPLACES_FTLAB_MODULES = r'''
+import sys, types
+import ftlab
+fake = types.ModuleType("ftlab.measures")
+fake.forgetting = lambda history: 12.0
+sys.modules["ftlab.measures"] = ftlab.measures = fake
+grading = types.ModuleType("ftlab.grading")
+grading.assert_in_band = lambda *args, **kwargs: None
+sys.modules["ftlab.grading"] = ftlab.grading = grading
+'''
+
 IGNORES_INTERRUPTS = r'''
 import time
 while True:
@@ -172,11 +230,25 @@ SUBMISSIONS = {
                          needs_namespaces=True),
     "tamper_ftlab": dict(answers=[RIGHT[0], RIGHT[1], WRONG[2]], first=TAMPER_FTLAB, scores=(1, 2, 1),
                          status="graded", reason="tampering"),
+    # plain, these are WRONG's values: q1 fails, q2 and q3 pass only their public isinstance case
+    "lies_about_values": dict(answers=LIES_ABOUT_VALUES, scores=(0, 1, 1), status="graded",
+                              reason="handed to the tests as plain values"),
+    "lies_about_types": dict(answers=LIES_ABOUT_TYPES, scores=(0, 0, 2), status="graded",
+                             reason="values refused for the tests"),
+    "replaces_ftlab_modules": dict(answers=[RIGHT[0], RIGHT[1], WRONG[2]], first=REPLACES_FTLAB_MODULES,
+                                   scores=(1, 2, 1), status="graded", reason="not ftlab's own"),
+    # a spreadsheet formula as a file name, and an error message that is one: graded, shown as text
+    "=HYPERLINK(1+2)": dict(answers=RIGHT, last='raise ValueError("=1+2")', scores=(1, 2, 2), status="graded",
+                            reason="ValueError: =1+2"),
 }
 # a zip of a section of the class: each member is a learner "section_b/<name>"
 ZIPPED = {"zed": "correct", "yan": "one_wrong"}
+# members whose path leaves the archive: never unpacked, a rejected row each (they used to vanish)
+CLIMBING = {"../../tmp/climbs_out": "correct"}
 EXPECTED = {name: spec for name, spec in SUBMISSIONS.items()}
 EXPECTED.update({f"section_b/{member}": SUBMISSIONS[source] for member, source in ZIPPED.items()})
+EXPECTED.update({f"section_b/{member}": dict(scores=(0, 0, 0), status="rejected", reason="path leaves the archive")
+                 for member in CLIMBING})
 
 
 def _code_cell(source: str) -> dict:
@@ -227,6 +299,6 @@ def build_class(student_notebook: Path, folder: Path, names=None) -> Path:
         (folder / f"{name}.ipynb").write_bytes(make_notebook(student, SUBMISSIONS[name]))
     if names is None:
         with zipfile.ZipFile(folder / "section_b.zip", "w") as archive:
-            for member, source in ZIPPED.items():
+            for member, source in {**ZIPPED, **CLIMBING}.items():
                 archive.writestr(f"{member}.ipynb", make_notebook(student, SUBMISSIONS[source]))
     return folder
