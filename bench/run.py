@@ -1,7 +1,7 @@
 """ftlab's benchmarks, each a side-by-side comparison measured in one process (make bench).
 
     python bench/run.py                  # all
-    python bench/run.py cache overhead   # some: cache, overhead, throughput, bert
+    python bench/run.py cache overhead   # some: cache, overhead, throughput, bert, lr_find
 
 cache       ResNet-18 (fashion-mnist weights) on digits, n_train=500, depths 0..5, 5 epochs each:
             frozen-prefix cache on vs off, wall time and accuracy per depth.
@@ -9,6 +9,9 @@ overhead    ftlab.fit against a minimal hand-written PyTorch loop, same model, d
 throughput  ResNet-18 training images/s at the lessons' 28x28, as achieved GFLOP/s against this
             machine's matmul peak (measured here, in the same run).
 bert        MiniLM-L6 on bbc-news, n_train=300, max length 128, depths 4..7: cache on vs off.
+lr_find     the learning-rate range test (default 100 steps) against one epoch of fit on the same
+            model, task and depth: ResNet-18 on 500 digits at depths 0 and 3, MiniLM on 200 bbc-news
+            texts at max length 64, depth 7. Printed as "lr_find = N epochs".
 
 Results are printed as tables and written to bench/results/NAME.json.
 """
@@ -183,7 +186,55 @@ def bench_bert(epochs: int = 3) -> dict:
     return result
 
 
-BENCHES = {"cache": bench_cache, "overhead": bench_overhead, "throughput": bench_throughput, "bert": bench_bert}
+def _lr_find_vs_epoch(name: str, model, task, depth: int, repeats: int = 2, **fit_settings) -> dict:
+    """lr_find's wall time against one epoch of fit at the same depth, each from a cold cache.
+
+    Interleaved and repeated, best of `repeats`, so machine noise hits both alike."""
+    find_times, fit_times, epoch_times = [], [], []
+    for _ in range(repeats):
+        clear_cache()
+        trial = copy.deepcopy(model)
+        start = time.perf_counter()
+        result = ftlab.lr_find(trial, task, frozen_depth=depth, progress=False)
+        find_times.append(time.perf_counter() - start)
+        clear_cache()
+        trial = copy.deepcopy(model)
+        start = time.perf_counter()
+        history = ftlab.fit(trial, task, epochs=1, frozen_depth=depth, progress=False, **fit_settings)
+        fit_times.append(time.perf_counter() - start)
+        epoch_times.append(history.rows[1]["seconds"])  # the training pass alone (no encoding, cache, scoring)
+    find_s, fit_s, epoch_s = min(find_times), min(fit_times), min(epoch_times)
+    row = {"case": name, "depth": depth, "lr_find_s": find_s, "lr_find_steps": len(result.lrs),
+           "diverged": result.diverged, "suggestion": result.suggestion, "fit_1_epoch_call_s": fit_s,
+           "fit_epoch_train_s": epoch_s, "steps_per_epoch": -(-len(task.train) // fit_settings.get("batch_size", 32)),
+           "epochs_equivalent": find_s / epoch_s, "epochs_equivalent_whole_call": find_s / fit_s,
+           "all_seconds": {"lr_find": find_times, "fit_call": fit_times, "fit_epoch": epoch_times}}
+    print(f"{name}, depth {depth}: lr_find {find_s:6.1f} s ({row['lr_find_steps']} steps, suggests "
+          f"{result.suggestion:.1e}) | fit 1 epoch: train pass {epoch_s:5.1f} s, whole call {fit_s:5.1f} s | "
+          f"lr_find = {row['epochs_equivalent']:.1f} epochs ({row['epochs_equivalent_whole_call']:.1f} whole "
+          f"1-epoch fit calls)", flush=True)
+    return row
+
+
+def bench_lr_find(bert: bool = True) -> dict:
+    import os
+
+    load = os.getloadavg()[0]  # a shared machine: say how busy it was (the ratios are measured interleaved)
+    model, task = _resnet_on_digits()
+    rows = [_lr_find_vs_epoch("ResNet-18 fashion-mnist, 500 digits", model, task, depth, lr=1e-3)
+            for depth in (0, 3)]
+    if bert:
+        torch.manual_seed(0)
+        news = ftlab.datasets.load("bbc-news", n_train=200, seed=0)
+        minilm = ftlab.models.bert(num_classes=news.num_classes, max_length=64)
+        rows.append(_lr_find_vs_epoch("MiniLM-L6, 200 bbc-news texts, max length 64", minilm, news, 7, lr=1e-3))
+    result = {"rows": rows, "threads": torch.get_num_threads(), "load_average_at_start": load}
+    _save("lr_find", result)
+    return result
+
+
+BENCHES = {"cache": bench_cache, "overhead": bench_overhead, "throughput": bench_throughput, "bert": bench_bert,
+           "lr_find": bench_lr_find}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(BENCHES)

@@ -15,16 +15,19 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
                "pretrain", "doctor", "install", "plots", "cli", "measures", "mitigations",
-               "store", "sweeps", "widgets", "lora", "adapters", "grading")
+               "store", "sweeps", "optim", "settings", "weights", "paths", "widgets", "lora", "adapters", "grading", "lr_finder")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
-    "fit": "training", "evaluate": "training", "Source": "training", "StopTraining": "training",
+    "block_shapes": "freezing",
+    "fit": "training", "fine_tune": "training", "evaluate": "training", "Source": "training",
+    "StopTraining": "training", "FitSettings": "settings",
     "History": "history",
     "forgetting": "measures", "overfitting_gap": "measures",
     "sweep": "sweeps", "RunStore": "store",
     "plot_history": "plots", "plot_histories": "plots", "plot_sweep": "plots", "plot_tradeoff": "plots",
-    "plot_confusion": "plots",
+    "plot_confusion": "plots", "plot_lr_find": "plots",
+    "lr_find": "lr_finder",
     "add_lora": "lora", "add_adapters": "adapters",
 }
 

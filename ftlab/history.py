@@ -2,7 +2,7 @@
 
     history = ftlab.fit(model, task, lr=1e-3, epochs=10, patience=3)
     history.to_frame()        # one row per epoch, epoch 0 = before any training
-    history.best_epoch, history.stopped_early
+    history.best_epoch, history.outcome   # "finished", "stopped early", "interrupted" or "diverged"
     history.save("run.json"); History.load("run.json")
 """
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["History"]
+__all__ = ["History", "OUTCOMES"]
+
+OUTCOMES = ("finished", "stopped early", "interrupted", "diverged")  # History.outcome's values
 
 
 @dataclass
@@ -35,7 +37,26 @@ class History:
     @property
     def stop_epoch(self) -> int | None:
         """The last epoch trained when the run ended early (stopping, interrupt, divergence), else None."""
-        return self.epochs_run if (self.stopped_early or self.interrupted or self.diverged) else None
+        return None if self.outcome == "finished" else self.epochs_run
+
+    @property
+    def outcome(self) -> str:
+        """How the run ended, in one word of OUTCOMES: "finished", "stopped early", "interrupted", "diverged".
+
+        The one place that decides it (plots and the dashboard ask here). Divergence wins over
+        the rest: fit ends a diverged run through the same path as an interrupt."""
+        if self.diverged:
+            return "diverged"
+        if self.interrupted:
+            return "interrupted"
+        return "stopped early" if self.stopped_early else "finished"
+
+    @property
+    def ending(self) -> str:
+        """The outcome with its epoch: 'finished (10 epochs)', 'stopped early (epoch 4)', 'diverged (epoch 2)'."""
+        if self.outcome == "finished":
+            return f"finished ({self.epochs_run} epoch{'s' * (self.epochs_run != 1)})"
+        return f"{self.outcome} (epoch {self.epochs_run})"
 
     def append(self, row: dict) -> None:
         self.rows.append(row)

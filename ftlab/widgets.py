@@ -4,12 +4,13 @@ a Stop button, live curves, a table of this session's runs, and an overlay to co
     board = ftlab.widgets.dashboard(model, task, source=ftlab.Source(fashion, source_head))
     board                                          # the last line of a cell shows the controls
     result = board.run(lr=1e-3, frozen_depth=3)    # the same without clicking: returns a RunResult
+    board.suggest()                                # the "suggest" button: lr_find sets the lr slider
 
 The dashboard only wires controls to ftlab's functions: `ftlab.sweeps.run` trains (or reads a run
-already finished back from the run store), `ftlab.plots` draws, `ftlab.freezing.blocks` names the
-blocks. Training runs in a background thread, so the kernel still hears the Stop button. Every
-error ends up as a message in the dashboard, not as a traceback lost in the server's log.
-Only core ipywidgets and matplotlib, so it works in JupyterLab, classic Notebook and Colab.
+already finished back from the run store), `ftlab.lr_finder.lr_find` suggests a learning rate,
+`ftlab.plots` draws, `ftlab.freezing.blocks` names the blocks. Training runs in a background
+thread, so the kernel still hears the Stop button. Every error ends up as a message in the
+dashboard, not as a traceback lost in the server's log. Only core ipywidgets and matplotlib, so it works in JupyterLab, classic Notebook and Colab.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import ipywidgets as w
 import pandas as pd
 from torch import nn
 
-from . import plots, sweeps
+from . import lr_finder, plots, sweeps
 from .freezing import blocks
 from .history import History
 
@@ -32,6 +33,9 @@ __all__ = ["dashboard", "Dashboard", "frozen_label", "run_label"]
 LR_RANGE = (1e-5, 1e-1)  # the learning-rate slider's ends (log scale)
 MAX_EPOCHS, MAX_PATIENCE = 50, 10
 DEFAULTS = {"lr": 1e-3, "frozen_depth": 0, "patience": None, "epochs": 10, "l2sp": 0.0, "rehearsal": 0.0}
+# the progress bar's colour for each History.outcome: green only when the run ended on its own terms
+BAR_STYLES = {"finished": "success", "stopped early": "success", "interrupted": "warning", "diverged": "danger"}
+LR_FIND_OPTIONS = ("batch_size", "weight_decay", "seed", "device", "max_length")  # fixed settings lr_find shares
 METRICS = {"validation accuracy": "val_acc", "validation loss": "val_loss", "train accuracy": "train_acc",
            "train loss": "train_loss"}
 
@@ -126,6 +130,7 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._result: sweeps.RunResult | None = None
+        self.last_suggestion: lr_finder.LRFinderResult | None = None
         self._build(first)
 
     # --- the controls -------------------------------------------------------------------------
@@ -156,6 +161,9 @@ class Dashboard:
         no_source = self.source is None
         self.l2sp_slider.disabled = self.rehearsal_slider.disabled = no_source
         need = " (needs a source task: dashboard(..., source=ftlab.Source(old_task, old_head)))" if no_source else ""
+        self.suggest_button = w.Button(description="suggest", icon="search", layout=w.Layout(width="8em"),
+                                       tooltip="run the learning-rate range test (ftlab.lr_find) at this frozen "
+                                               "depth and set the slider to its suggestion")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play",
                                    tooltip="train with these settings (or show them from the run store)")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
@@ -173,13 +181,15 @@ class Dashboard:
                                        tooltip="overlay the selected runs on one plot")
         self.compare_output = w.Output()
 
-        for widget, name in [(self.run_button, "run"), (self.stop_button, "stop"), (self.output, "curves"),
+        for widget, name in [(self.suggest_button, "suggest"), (self.run_button, "run"), (self.stop_button, "stop"),
+                             (self.output, "curves"),
                              (self.depth_slider, "depth"), (self.depth_label, "depth-label"),
                              (self.table, "runs"), (self.status, "status"), (self.compare_button, "compare"),
                              (self.compare_output, "overlay")]:
             widget.add_class(f"ftlab-{name}")
         self.run_button.on_click(lambda _: self._start(self._values()))
         self.stop_button.on_click(lambda _: self.stop())
+        self.suggest_button.on_click(lambda _: self._start_suggest())
         self.compare_button.on_click(lambda _: self.compare(list(self.compare_select.value),
                                                             metric=self.compare_metric.value))
         self.depth_slider.observe(lambda _: self._show_depth(), names="value")
@@ -192,7 +202,8 @@ class Dashboard:
                  + f" fine-tuned on <b>{html.escape(str(title))}</b>"
                  + (f" · forgetting measured on <b>{html.escape(self.source.name)}</b>" if self.source else ""))
         settings = w.VBox([
-            w.HBox([self.lr_slider, hint("step size of each update: too high diverges, too low learns slowly")]),
+            w.HBox([self.lr_slider, self.suggest_button,
+                    hint("step size of each update: too high diverges, too low learns slowly")]),
             w.HBox([self.depth_slider, self.depth_label]),
             w.HBox([self.patience_menu,
                     hint("stop when the validation loss stops falling, and keep the best epoch's weights")]),
@@ -308,6 +319,7 @@ class Dashboard:
         self.last_error, self._result = None, None
         self._stop_event = threading.Event()
         self.run_button.disabled, self.stop_button.disabled = True, False
+        self.suggest_button.disabled = True
         self.progress.max, self.progress.value, self.progress.bar_style = values["epochs"], 0, ""
         self.progress.description = "epoch 0"
         self.status.value = ("starting: encoding the data" + (", running the frozen blocks once"
@@ -333,6 +345,75 @@ class Dashboard:
             self._show_error(f"{type(error).__name__}: {error}", details=traceback.format_exc())
         finally:
             self.run_button.disabled, self.stop_button.disabled = False, True
+            self.suggest_button.disabled = False
+
+    # --- suggesting a learning rate -----------------------------------------------------------
+
+    def suggest(self) -> lr_finder.LRFinderResult | None:
+        """What the "suggest" button does, waiting for the end: the learning-rate range test
+        (ftlab.lr_find) at the frozen depth the slider shows, from the starting weights every run
+        starts from; the slider is set to the suggestion (clipped to its range). Returns the result,
+        or None after an error (shown in the output area). The model is left as it was."""
+        if not self._start_suggest():
+            return None
+        self._thread.join()
+        return self.last_suggestion
+
+    def _start_suggest(self) -> bool:
+        values = self._values()
+        try:
+            self._check(values)
+            if self.running:
+                raise ValueError("a run is still going: wait for it to finish or press Stop")
+        except ValueError as error:
+            self._show_error(str(error))
+            return False
+        self.last_error, self.last_suggestion = None, None
+        self.run_button.disabled = self.suggest_button.disabled = True
+        self.status.value = (f"suggesting a learning rate: range test at frozen depth {values['frozen_depth']} "
+                             f"(the loss at rates rising from 1e-7 until it explodes)...")
+        self._thread = threading.Thread(target=self._find_lr, args=(values["frozen_depth"],),
+                                        name="ftlab-dashboard-lr-find", daemon=True)
+        self._thread.start()
+        return True
+
+    def _find_lr(self, depth: int) -> None:
+        """The background thread: lr_find from the starting weights; then the model as it was."""
+        model = self.model
+        current = {k: v.detach().clone() for k, v in model.state_dict().items()}  # e.g. the last run's
+        flags = [p.requires_grad for p in model.parameters()]
+        try:
+            model.load_state_dict(self._start_state)
+            for p, flag in zip(model.parameters(), self._start_flags):
+                p.requires_grad_(flag)
+            options = {k: self.fixed[k] for k in LR_FIND_OPTIONS if k in self.fixed}
+            result = lr_finder.lr_find(model, self.task, frozen_depth=depth, progress=False, **options)
+            self.last_suggestion = result
+            self._show_suggestion(result)
+        except Exception as error:  # as for runs: the message goes to the output area
+            self._show_error(f"{type(error).__name__}: {error}", details=traceback.format_exc())
+        finally:
+            model.load_state_dict(current)
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+            self.run_button.disabled = self.suggest_button.disabled = False
+
+    def _show_suggestion(self, result: lr_finder.LRFinderResult) -> None:
+        figure = plots.plot_lr_find(result)
+        if not math.isfinite(result.suggestion):
+            self.last_error = result.note
+            self.output.outputs = (_display_data(_error_box(result.note, title="No suggestion")),
+                                   _display_data(figure))
+            self.status.value = "<b style='color:#b00020'>no suggestion</b>: see the message below"
+            return
+        clipped = min(max(result.suggestion, LR_RANGE[0]), LR_RANGE[1])
+        self.lr_slider.value = clipped
+        where = (f"; the slider stops at {clipped:.0e}, so it is set there" if clipped != result.suggestion else "")
+        text = (f"suggested learning rate <b>{result.suggestion:.1e}</b> at frozen depth {result.frozen_depth} "
+                f"({result.rule} rule: {lr_finder.WHY}){where}. Press <b>Run</b> to train with it.")
+        self.output.outputs = (_display_data(f"<div class='ftlab-suggestion'>{text}</div>"), _display_data(figure))
+        self.status.value = (f"<b>learning rate set to {clipped:.1e}</b> (range test, {result.rule} rule)"
+                             + html.escape(where))
 
     def _on_epoch(self, history: History) -> None:
         """fit's callback (in the training thread): progress, status and the curves so far."""
@@ -346,17 +427,20 @@ class Dashboard:
 
     def _show_result(self, result: sweeps.RunResult) -> None:
         history, row = result.history, result.row
+        outcome, n, best = history.outcome, history.epochs_run, history.best_epoch
+        explained = {  # what each outcome means here, in the dashboard's words
+            "interrupted": f"stopped by you at epoch {n}; best epoch {best}'s weights kept "
+                           f"(not saved to the run store)",
+            "diverged": f"diverged: {history.message}",
+            "stopped early": f"stopped early at epoch {n}: no lower validation loss for {row['patience']} epochs; "
+                             f"best epoch {best}'s weights restored",
+            "finished": f"done: {n} epochs, best epoch {best}"}
         how = ("from the run store (ran before with these settings; no training)" if result.from_store
-               else f"stopped by you at epoch {history.epochs_run}; best epoch {history.best_epoch}'s "
-                    f"weights kept (not saved to the run store)" if history.interrupted
-               else f"diverged: {history.message}" if history.diverged
-               else f"stopped early at epoch {history.epochs_run}: no lower validation loss for "
-                    f"{row['patience']} epochs; best epoch {history.best_epoch}'s weights restored"
-               if history.stopped_early else f"done: {history.epochs_run} epochs, best epoch {history.best_epoch}")
+               else explained[outcome])
         scores = f"validation accuracy {row['val_acc']:.1%} · test accuracy {row['test_acc']:.1%}"
         if "forgetting" in row:
             scores += f" · forgetting {row['forgetting']:+.1f} points"
-        self.progress.bar_style = "danger" if history.diverged else "success"
+        self.progress.bar_style = BAR_STYLES[outcome]
         self.status.value = f"<b>{html.escape(how)}</b> · {scores}"
 
     def _show_runs(self) -> None:
@@ -424,14 +508,7 @@ def _table_row(number: int, result: sweeps.RunResult, *, mitigations: bool) -> d
 
 
 def _ending(result: sweeps.RunResult) -> str:
-    history = result.history
-    if result.from_store:
-        return "from the run store"
-    if history.interrupted:
-        return f"stopped by you (epoch {history.epochs_run})"
-    if history.diverged:
-        return "diverged"
-    return f"stopped early (epoch {history.epochs_run})" if history.stopped_early else "completed"
+    return "from the run store" if result.from_store else result.history.ending
 
 
 def dashboard(model: nn.Module, task, *, source=None, settings: dict | None = None, store=True,

@@ -116,3 +116,133 @@ def test_confusion_plot_rows_sum_to_100_percent(tiny_resnet, image_task):
     rows = [sum(values[i * 4:(i + 1) * 4]) for i in range(4)]
     assert all(abs(r - 100) <= 2 for r in rows)  # rounded per cell
     assert [t.get_text() for t in ax.get_xticklabels()] == list(image_task.classes)
+
+
+# --- how a run ended: History.outcome, written once ---------------------------------------------
+
+
+@pytest.mark.parametrize("flags, outcome, ending", [
+    ({}, "finished", "finished (4 epochs)"),
+    ({"stopped_early": True}, "stopped early", "stopped early (epoch 4)"),
+    ({"interrupted": True}, "interrupted", "interrupted (epoch 4)"),
+    ({"diverged": True}, "diverged", "diverged (epoch 4)"),
+    ({"diverged": True, "interrupted": True, "stopped_early": True}, "diverged", "diverged (epoch 4)"),
+    ({"interrupted": True, "stopped_early": True}, "interrupted", "interrupted (epoch 4)"),
+])
+def test_history_says_how_the_run_ended_and_the_plot_uses_it(flags, outcome, ending):
+    history = _history(stopped=False)
+    for name, value in flags.items():
+        setattr(history, name, value)
+    assert history.outcome == outcome and history.ending == ending
+    assert (history.stop_epoch is None) == (outcome == "finished")
+    marks = _vlines(plot_history(history).axes[0])
+    if outcome == "finished":
+        assert not any("epoch 4" in label for label in marks)
+    else:
+        assert marks[ending] == 4
+
+
+# --- gradual unfreezing: the frozen depth of each epoch -----------------------------------------
+
+
+def _unfreezing_history(depths) -> History:
+    history = _history(stopped=False, source=False)
+    for row, depth in zip(history.rows, depths):
+        row["frozen_depth"] = depth
+    return history
+
+
+def test_history_plot_shows_a_changing_frozen_depth_as_steps():
+    fig = plot_history(_unfreezing_history([5, 5, 3, 3, 1]))
+    assert len(fig.axes) == 3  # loss, accuracy, and the loss plot's right-hand axis
+    depth_ax = fig.axes[2]
+    (line,) = depth_ax.get_lines()
+    assert line.get_label() == "frozen depth (right axis)" and line.get_drawstyle() == "steps-pre"
+    assert list(line.get_xdata()) == [0, 1, 2, 3, 4] and list(line.get_ydata()) == [5, 5, 3, 3, 1]
+    assert depth_ax.get_ylabel() == "frozen depth (blocks)"
+    assert [t for t in depth_ax.get_yticks()] == [1, 2, 3, 4, 5]
+    legend = [t.get_text() for t in depth_ax.get_legend().get_texts()]
+    assert "frozen depth (right axis)" in legend and "train" in legend  # one legend for both axes
+    assert "frozen depth 5→3→1" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize("depths", [[3, 3, 3, 3, 3], None])
+def test_history_plot_with_a_constant_or_no_frozen_depth_is_unchanged(depths):
+    history = _unfreezing_history(depths) if depths else _history(stopped=False, source=False)
+    fig = plot_history(history)
+    assert len(fig.axes) == 2
+    assert fig._suptitle.get_text() == "lr 0.001, frozen depth 3, patience 2"
+
+
+# --- the sweep heatmap: darker = more, for every value -------------------------------------------
+
+
+def _luminance(rgba) -> float:
+    r, g, b = rgba[:3]
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+@pytest.mark.parametrize("value, reading", [("val_acc", "darker is better"), ("test_acc", "darker is better"),
+                                            ("forgetting", "darker forgets more")])
+def test_sweep_heatmap_draws_more_darker_and_says_so(value, reading):
+    frame = _frame()
+    fig = plot_sweep(frame, value=value)
+    ax, colour_bar = fig.axes[0], fig.axes[1]
+    mesh = ax.collections[0]
+    cells = mesh.get_array().ravel()
+    colours = mesh.get_facecolors()
+    darkest, lightest = int(cells.argmax()), int(cells.argmin())
+    assert cells[darkest] > cells[lightest]
+    assert _luminance(colours[darkest]) < _luminance(colours[lightest])  # more is darker
+    assert reading in colour_bar.get_ylabel() and colour_bar.get_ylabel().startswith(
+        {"val_acc": "validation accuracy (%)", "test_acc": "test accuracy (%)", "forgetting": "forgetting"}[value])
+
+
+def test_the_lessons_titles_still_work():
+    frame = _frame()
+    fig = plot_sweep(frame, x="frozen_depth", y="lr", value="forgetting",
+                     title="Forgetting (points): darker forgets more")
+    assert fig.axes[0].get_title() == "Forgetting (points): darker forgets more"
+
+
+# --- the learning-rate finder's plot ------------------------------------------------------------
+
+
+def _finder_result(**changes):
+    from ftlab.lr_finder import LRFinderResult
+
+    lrs = tuple(1e-7 * 10 ** (i / 4) for i in range(30))
+    losses = tuple([2.0] * 10 + [2.0 - 0.15 * i for i in range(1, 12)] + [0.4 + 0.6 * i for i in range(9)])
+    fields = {"lrs": lrs, "losses": losses, "raw_losses": tuple(v + 0.05 for v in losses),
+              "suggestion": lrs[15], "frozen_depth": 3, "diverged": True, **changes}
+    return LRFinderResult(**fields)
+
+
+def test_lr_find_plot_marks_the_suggestion_on_a_log_axis():
+    result = _finder_result()
+    fig = ftlab.plot_lr_find(result)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "learning rate" in ax.get_xlabel()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["smoothed loss"].get_ydata()) == list(result.losses)
+    assert list(lines["loss of each mini-batch"].get_ydata()) == list(result.raw_losses)
+    mark = lines[f"suggestion (valley rule): {result.suggestion:.1e}"]
+    assert mark.get_xdata()[0] == result.suggestion and mark.get_ydata()[0] == pytest.approx(result.losses[15])
+    assert any(label.startswith("loss exploded") for label in lines)
+    assert ax.get_ylim()[1] < max(result.losses)  # the blow-up is cut so the fall stays readable
+    assert "frozen depth 3" in ax.get_title()
+
+
+def test_lr_find_plot_without_a_suggestion_marks_nothing():
+    fig = ftlab.plot_lr_find(_finder_result(suggestion=float("nan"), diverged=False))
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert not any(label.startswith(("suggestion", "loss exploded")) for label in labels)
+    with pytest.raises(ValueError, match="no steps"):
+        ftlab.plot_lr_find(_finder_result(lrs=(), losses=(), raw_losses=()))
+
+
+def test_lr_find_plot_of_a_real_range_test(tiny_resnet, image_task):
+    result = ftlab.lr_find(tiny_resnet, image_task, frozen_depth=4, num_steps=30, device="cpu", progress=False)
+    line = next(l for l in ftlab.plot_lr_find(result).axes[0].get_lines() if l.get_label() == "smoothed loss")
+    assert list(line.get_xdata()) == list(result.lrs)

@@ -146,8 +146,8 @@ def test_run_button_calls_sweeps_run_with_the_controls(image_task, run_spy, esca
     assert isinstance(call["stop_event"], threading.Event) and call["source"] is None
     assert result is board.runs[-1] and not result.from_store and result.history.epochs_run == 1
     assert "image/png" in shown(board.output)  # the live curves
-    assert "#1" in shown(board.table) and "completed" in shown(board.table)
-    assert board.progress.value == 1 and "done" in board.status.value
+    assert "#1" in shown(board.table) and "finished (1 epoch)" in shown(board.table)  # History.ending
+    assert board.progress.value == 1 and "done" in board.status.value and board.progress.bar_style == "success"
     assert not board.run_button.disabled and board.stop_button.disabled
     assert board.last_error is None and not escaped
 
@@ -187,7 +187,8 @@ def test_stop_ends_the_run_cleanly_with_the_best_weights(image_task, escaped):
     history = result.history
     assert history.interrupted and history.epochs_run == 1 and history.restored_best
     assert same_weights(snapshot(model), best["weights"])  # fit put the best epoch's weights back
-    assert "stopped by you" in board.status.value and "stopped by you" in shown(board.table)
+    assert "stopped by you" in board.status.value and "interrupted (epoch 1)" in shown(board.table)
+    assert board.progress.bar_style == "warning"  # not green: the run did not end on its own
     assert not board.running and not board.run_button.disabled and not escaped
     board.callbacks.clear()
     assert not board.run(epochs=1).from_store  # an interrupted run is not kept in the run store
@@ -289,3 +290,96 @@ def test_the_dashboard_displays_itself(image_task, monkeypatch):
     assert "Dashboard(ResNet on toy-images, 0 runs)" == repr(board)
     assert widgets.run_label(3, {"lr": 1e-3, "frozen_depth": 2, "patience": 3, "epochs": 5, "l2sp": 0.1,
                                  "rehearsal": 0}) == "#3 lr 0.001, depth 2, patience 3, 5 epochs, L2-SP 0.1"
+
+
+# --- the progress bar tells how a run ended ---------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, style", [
+    ({}, "success"), ({"stopped_early": True}, "success"), ({"interrupted": True}, "warning"),
+    ({"diverged": True}, "danger"), ({"diverged": True, "interrupted": False, "stopped_early": True}, "danger"),
+])
+def test_the_bar_is_green_only_when_the_run_ended_on_its_own(flags, style, image_task):
+    board = dashboard(make_tiny_resnet(), image_task)
+    history = ftlab.History(rows=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}], best_epoch=1, **flags)
+    row = {"val_acc": 0.5, "test_acc": 0.5, "patience": 1}
+    board._show_result(sweeps.RunResult(row, history, from_store=False))
+    assert board.progress.bar_style == style
+
+
+# --- the "suggest" button: the learning-rate finder ---------------------------------------------
+
+
+@pytest.fixture
+def find_spy(monkeypatch):
+    """Wraps ftlab.lr_finder.lr_find: records each call's arguments and the weights it was given."""
+    calls, real = [], ftlab.lr_finder.lr_find
+
+    def spy(model, task, **kwargs):
+        calls.append({**kwargs, "model": model, "weights": snapshot(model),
+                      "flags": [p.requires_grad for p in model.parameters()]})
+        calls[-1]["result"] = real(model, task, **kwargs)
+        return calls[-1]["result"]
+
+    monkeypatch.setattr(ftlab.lr_finder, "lr_find", spy)
+    return calls
+
+
+def test_suggest_runs_lr_find_at_the_depth_shown_and_sets_the_slider(image_task, find_spy, escaped):
+    model = make_tiny_resnet()
+    start, start_flags = snapshot(model), [p.requires_grad for p in model.parameters()]
+    board = dashboard(model, image_task, settings={"batch_size": 16})
+    board.run(lr=1e-2, frozen_depth=3, epochs=1)  # the model now holds what that run trained
+    trained, trained_flags = snapshot(model), [p.requires_grad for p in model.parameters()]
+    board.depth_slider.value = 2
+    board.lr_slider.value = 1e-5
+    board.suggest_button.click()
+    board.wait()
+
+    (call,) = find_spy
+    assert call["model"] is model and call["frozen_depth"] == 2 and call["batch_size"] == 16
+    assert same_weights(call["weights"], start) and call["flags"] == start_flags  # as every run starts
+    result = board.last_suggestion
+    assert result is call["result"] and result.frozen_depth == 2
+    expected = min(max(result.suggestion, widgets.LR_RANGE[0]), widgets.LR_RANGE[1])
+    assert board.lr_slider.value == pytest.approx(expected) and board.lr_slider.value != 1e-5
+    assert f"{result.suggestion:.1e}" in shown(board.output) and "valley" in shown(board.output)
+    assert "image/png" in shown(board.output)  # the range test's plot
+    assert f"{expected:.1e}" in board.status.value
+    assert same_weights(snapshot(model), trained)  # the trained weights are back
+    assert [p.requires_grad for p in model.parameters()] == trained_flags
+    assert not board.run_button.disabled and not board.suggest_button.disabled and not escaped
+    assert board.last_error is None
+    # and the next run uses the suggestion
+    assert board.run(epochs=1).row["lr"] == float(f"{expected:.2g}")
+
+
+@pytest.mark.parametrize("suggestion, slider", [(5.0, 0.1), (1e-9, 1e-5)])
+def test_a_suggestion_outside_the_slider_is_clipped_to_its_range(suggestion, slider, image_task, monkeypatch):
+    fake = ftlab.lr_finder.LRFinderResult(lrs=(1e-9, suggestion, 10.0), losses=(2.0, 1.0, 3.0),
+                                          raw_losses=(2.0, 1.0, 3.0), suggestion=suggestion)
+    monkeypatch.setattr(ftlab.lr_finder, "lr_find", lambda model, task, **kw: fake)
+    board = dashboard(make_tiny_resnet(), image_task)
+    assert board.suggest() is fake
+    assert board.lr_slider.value == pytest.approx(slider)
+    assert "the slider stops at" in shown(board.output)
+
+
+def test_no_suggestion_and_errors_are_shown_in_the_output_area(image_task, monkeypatch, escaped):
+    flat = ftlab.lr_finder.LRFinderResult(lrs=(1e-7, 1e-3, 10.0), losses=(1.0, 1.0, 1.0),
+                                          raw_losses=(1.0, 1.0, 1.0), suggestion=float("nan"),
+                                          note="the smoothed loss never fell")
+    monkeypatch.setattr(ftlab.lr_finder, "lr_find", lambda model, task, **kw: flat)
+    board = dashboard(make_tiny_resnet(), image_task)
+    before = board.lr_slider.value
+    board.suggest()
+    assert board.lr_slider.value == before and "never fell" in shown(board.output)
+    assert "never fell" in board.last_error
+
+    def broken(model, task, **kw):
+        raise RuntimeError("the range test broke")
+
+    monkeypatch.setattr(ftlab.lr_finder, "lr_find", broken)
+    assert board.suggest() is None
+    assert "RuntimeError: the range test broke" in shown(board.output) and "error" in board.status.value
+    assert not board.suggest_button.disabled and not board.run_button.disabled and not escaped
