@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=_positive_int, default=5)
     ft.add_argument("--frozen-depth", type=int, default=0)
     ft.add_argument("--patience", type=_positive_int, default=None)
+    ft.add_argument("--lr-decay", type=_positive_float, default=None,
+                    help="layer-wise learning rates: each block down from the top gets this times the one above")
+    ft.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps spent warming up (e.g. 0.1)")
+    ft.add_argument("--schedule", choices=["constant", "cosine"], default="constant")
+    ft.add_argument("--augment", choices=["light"], default=None, help="images: augment training batches")
     ft.add_argument("--batch-size", type=_positive_int, default=32)
     ft.add_argument("--max-length", type=_positive_int, default=128)
     ft.add_argument("--seed", type=int, default=0)
@@ -111,13 +116,13 @@ def _finetune(args) -> int:
           f"{args.frozen_depth} of {len(ftlab.blocks(model))}", flush=True)
     history = ftlab.fit(model, task, lr=args.lr, head_lr=args.head_lr, epochs=args.epochs,
                         frozen_depth=args.frozen_depth, patience=args.patience, batch_size=args.batch_size,
+                        lr_decay=args.lr_decay, warmup=args.warmup, schedule=args.schedule, augment=args.augment,
                         seed=args.seed, device=args.device, progress=not args.quiet)
     test = ftlab.evaluate(model, task.test, device=args.device)
     frame = history.to_frame()
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"best epoch {history.best_epoch}; test accuracy {test['accuracy']:.1%} on {test['n']} examples; "
-          f"trainable parameters {history.summary['trainable_parameters']:,} of "
-          f"{history.summary['total_parameters']:,}; {history.summary['seconds']:.0f} s")
+          f"{history.summary_line()}")
     if history.message:
         print(history.message)
     from .plots import plot_history

@@ -88,10 +88,24 @@ class History:
                 f"val_acc={last.get('val_acc', float('nan')):.3f}, stopped_early={self.stopped_early}"
                 + (", interrupted" if self.interrupted else "") + (", diverged" if self.diverged else "") + ")")
 
+    def summary_line(self) -> str:
+        """Trainable parameters, how the frozen prefix was served, and the time, in one line."""
+        s = self.summary
+        parts = []
+        if "trainable_parameters" in s:
+            parts.append(f"{s['trainable_parameters']:,} of {s.get('total_parameters', 0):,} parameters trained")
+        if s.get("cache"):
+            parts.append(s["cache"])
+        if "seconds" in s:
+            parts.append(f"{s['seconds']:.1f} s")
+        return "; ".join(parts)
+
     def _repr_html_(self) -> str:
         note = f"<p>{self.message}</p>" if self.message else ""
         frame = self.to_frame()
+        facts = self.summary_line()
         return (f"<b>History</b>: {self.epochs_run} epochs, best epoch {self.best_epoch}"
                 f"{' (weights restored)' if self.restored_best else ''}{note}"
+                + (f"<p>{facts}</p>" if facts else "")
                 + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 

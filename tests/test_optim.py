@@ -193,3 +193,46 @@ def test_evaluate_leaves_the_model_where_it_was(tiny_resnet, image_task):
     ftlab.evaluate(tiny_resnet, image_task.val, device="cpu")
     assert tiny_resnet.training and next(tiny_resnet.parameters()).device.type == "cpu"
     assert math.isfinite(ftlab.evaluate(tiny_resnet, image_task.val)["loss"])
+
+
+# --- augmentation in fit ----------------------------------------------------------------------
+
+
+class RecordingShift:
+    """A pipeline that shifts each image by one pixel and remembers what it was given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self.seen.append(image.clone())
+        return torch.roll(image, shifts=1, dims=-1)
+
+
+def test_augmentation_touches_training_batches_only():
+    task = make_image_task(n=16)
+    pipeline = RecordingShift()
+    _, history = _probe(augment=pipeline, frozen_depth=3, epochs=2)
+    assert len(pipeline.seen) == 2 * 16  # every training example once per epoch, nothing else
+    train = {tuple(img.flatten().tolist()) for img in task.train.images}
+    assert all(tuple(img.flatten().tolist()) in train for img in pipeline.seen)
+    assert history.summary["cached_prefix"] is False
+    assert "augmentation" in history.summary["cache"] and "augmentation" in history.summary_line()
+    _, plain = _probe(frozen_depth=3, epochs=2)
+    # epoch 0 and every validation score are of un-augmented data: epoch 0 is identical
+    assert history.rows[0] == plain.rows[0]
+    assert history.rows[1]["train_loss"] != plain.rows[1]["train_loss"]
+
+
+def test_augmentation_is_deterministic_per_seed():
+    runs = [_probe(augment="light", frozen_depth=3, seed=seed)[1].to_frame().drop(columns="seconds")
+            for seed in (0, 0, 1)]
+    assert runs[0].equals(runs[1])
+    assert not runs[0].equals(runs[2])
+
+
+def test_augmentation_is_refused_for_text():
+    from conftest import make_text_task, make_tiny_bert
+
+    with pytest.raises(ValueError, match="augment applies to images only"):
+        ftlab.fit(make_tiny_bert(), make_text_task(), lr=1e-3, epochs=1, augment="light", progress=False)
