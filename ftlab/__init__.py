@@ -13,9 +13,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("datasets", "models", "families", "freezing", "features", "training", "history",
-               "pretrain", "doctor", "install", "plots", "cli", "measures", "mitigations",
-               "store", "sweeps", "optim", "settings", "weights", "paths", "widgets", "lora", "adapters", "grading", "lr_finder")
+_SUBMODULES = ("datasets", "models", "weights", "families", "freezing", "features", "augment", "settings",
+               "optim", "training", "history", "lr_finder", "pretrain", "doctor", "install", "paths", "checks",
+               "plots", "cli", "measures", "mitigations", "store", "sweeps", "widgets", "lora", "adapters",
+               "grading")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",

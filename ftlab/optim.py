@@ -70,13 +70,13 @@ def _parameter_owners(model: nn.Module) -> dict[int, str]:
 
 def make_optimizer(model: nn.Module, *, name: str = "adamw", lr: float, head_lr: float | None = None,
                    weight_decay: float = 0.01, lr_decay: float | None = None,
-                   block_lrs: dict[str, float] | None = None, include_frozen: bool = False) -> torch.optim.Optimizer:
+                   block_lrs: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW (or SGD with momentum 0.9) with one parameter group per block, at its own rate.
 
-    Only trainable parameters are included (as nanoGPT's configure_optimizers), unless
-    include_frozen: gradual unfreezing adds blocks later, and a parameter whose grad is None is
-    skipped by the optimizer step, so frozen ones simply wait. No weight decay on biases and
-    normalisation weights. Each group carries "name" (block or "head") and "lr".
+    Only trainable parameters are included (as nanoGPT's configure_optimizers); `fit` builds it at
+    the final depth of gradual unfreezing, and a parameter whose grad is None is skipped by the step,
+    so blocks still frozen simply wait. No weight decay on biases and normalisation weights. Each
+    group carries "lr", "weight_decay", "blocks" (the block names, or "head") and "name" (them joined).
     """
     if name not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")
@@ -84,15 +84,20 @@ def make_optimizer(model: nn.Module, *, name: str = "adamw", lr: float, head_lr:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     rates = block_learning_rates(model, lr=lr, head_lr=head_lr, lr_decay=lr_decay, block_lrs=block_lrs)
     owners = _parameter_owners(model)
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    # one group per (rate, decay): blocks that share a rate share a group, since every group costs
+    # the fused AdamW kernel one more launch per step (12 groups instead of 2: +8% on a ResNet epoch)
+    groups: dict[tuple[float, bool], dict] = {}
     for p in model.parameters():
-        if not (p.requires_grad or include_frozen):
+        if not p.requires_grad:
             continue
         owner = owners.get(id(p), "other")  # parameters outside blocks and head (rare) train at lr
-        groups.setdefault((owner, p.dim() >= 2), []).append(p)
-    param_groups = [{"params": ps, "lr": rates.get(owner, lr), "name": owner,
-                     "weight_decay": weight_decay if decay else 0.0}
-                    for (owner, decay), ps in groups.items()]
+        rate, decay = rates.get(owner, lr), p.dim() >= 2
+        group = groups.setdefault((rate, decay), {"params": [], "lr": rate, "blocks": [],
+                                                  "weight_decay": weight_decay if decay else 0.0})
+        group["params"].append(p)
+        if owner not in group["blocks"]:
+            group["blocks"].append(owner)
+    param_groups = [{**g, "name": "+".join(g["blocks"])} for g in groups.values()]
     if not param_groups:
         raise ValueError("nothing to train: every parameter is frozen (lower the frozen depth)")
     if name == "sgd":

@@ -92,8 +92,12 @@ class FitSettings:
         if not (_whole(self.unfreeze_to) and self.unfreeze_to >= 0):
             p.append(f"unfreeze_to must be an integer >= 0 (the frozen depth gradual unfreezing stops at), "
                      f"got {self.unfreeze_to!r}")
-        if self.augment is not None and not (self.augment in ("light", "none") or callable(self.augment)):
-            p.append(f"augment must be None, 'light' or a torchvision.transforms.v2 pipeline, got {self.augment!r}")
+        if self.augment is not None:
+            from .augment import PRESETS
+
+            if not (self.augment == "none" or self.augment in PRESETS or callable(self.augment)):
+                p.append(f"augment must be None, a preset ({', '.join(map(repr, PRESETS))}) or a "
+                         f"torchvision.transforms.v2 pipeline, got {self.augment!r}")
         if not (_whole(self.batch_size) and self.batch_size >= 1):
             p.append(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not _whole(self.seed):
