@@ -7,6 +7,7 @@
 Writes into `out`: results/<learner>-<hash>.json per submission (otter's format plus an "ftlab"
 section), grades.csv, junit.xml. A submission whose result file already holds the same file hash and
 autograder hash is not graded again (a killed batch resumes where it stopped); --regrade grades all.
+`shard=Shard(2, 3)` grades one machine's share of the class and adds shard.json (ftlab.grade.shards).
 `ftlab grade` (grade_from_cli) exits 0 when grading ran, whatever the scores, and 1 when grading
 itself could not run, so CI can tell "a learner lost points" from "the grader broke".
 """
@@ -32,6 +33,7 @@ from .reports import SubmissionResult, read_result, summary_table, write_csv, wr
 from .sandbox import (Isolation, Limits, SandboxError, default_ftlab_home, kill_running, probe_isolation,
                       run_sandbox, sandbox_environment)
 from .scoring import interpret, otter_results, zero_result
+from .shards import MANIFEST, Shard, write_manifest
 from .submissions import NoSubmissions, Submission, find_submissions, notebook_file_name, precheck, slug
 from .job import Job
 from .view import SYSTEM_DIRS, ViewPlan, plan_view
@@ -133,8 +135,9 @@ def _remove_stale_work_folders() -> None:
 def grade_batch(paths: Sequence[str | Path], *, autograder: str | Path, out: str | Path = "grading-results",
                 jobs: int = 1, limits: Limits = Limits(), isolation: str = "auto", regrade: bool = False,
                 allow_read: Sequence[str | Path] = (), save_notebooks: bool = False,
-                progress: bool = True) -> BatchReport:
-    """Grade every submission in `paths` with the otter autograder zip `autograder`; see the module."""
+                progress: bool = True, shard: Shard | None = None) -> BatchReport:
+    """Grade every submission in `paths` with the otter autograder zip `autograder`; see the module.
+    With `shard` (Shard(2, 3)), only that share of the learners (ftlab.grade.shards), plus OUT/shard.json."""
     started = time.monotonic()
     ag = load_autograder(autograder)
     out = Path(out)
@@ -146,18 +149,21 @@ def grade_batch(paths: Sequence[str | Path], *, autograder: str | Path, out: str
     except OSError as error:
         raise GradingCannotRun(f"cannot write results to {out}: {error}") from None
     out = out.resolve()
+    (out / MANIFEST).unlink(missing_ok=True)  # written again only when this run finishes as a shard
     _remove_stale_work_folders()
     work_root = Path(tempfile.mkdtemp(prefix=f"ftlab-grade-{os.getpid()}-"))
     try:
         return _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_notebooks, progress,
-                      work_root, started)
+                      work_root, started, shard)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
 
 
 def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_notebooks, progress, work_root,
-           started):
-    subs = find_submissions(paths, staging=work_root / "unpacked", exclude=[out, ag.path])
+           started, shard):
+    everyone = find_submissions(paths, staging=work_root / "unpacked", exclude=[out, ag.path])
+    # names come from the whole class (so "alice (2)" is the same on every machine), then the share
+    subs = [s for s in everyone if shard.holds(s.learner)] if shard else everyone
     meta = {"autograder": str(ag.path), "autograder_sha256": ag.sha256, "grader_version": GRADER_VERSION}
     results: dict[str, SubmissionResult] = {}
     to_run: list[Submission] = []
@@ -178,6 +184,9 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
         else:
             to_run.append(sub)
     notes = [f"kept {kept_count} results from an earlier run (same file, same autograder)"] if kept_count else []
+    if shard:
+        notes.insert(0, f"shard {shard}: {len(subs)} of the class's {len(everyone)} submissions "
+                        "(by sha256 of the learner's name; `ftlab grade merge` joins the shards)")
     view = _view_inputs([Path(p).resolve() for p in paths], out, ag.path, work_root,
                         [Path(p).resolve() for p in allow_read])
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -266,8 +275,12 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
             "to grade the rest with the new code")
     ordered = [results[s.learner] for s in subs if s.learner in results]
     questions = list(ag.questions)
+    report_name = f"ftlab grade: {ag.assignment_name or ag.path.name}"
     write_csv(out / "grades.csv", ordered, questions)
-    write_junit(out / "junit.xml", ordered, questions, name=f"ftlab grade: {ag.assignment_name or ag.path.name}")
+    write_junit(out / "junit.xml", ordered, questions, name=report_name)
+    if shard:
+        write_manifest(out, shard=shard, everyone=everyone, results=ordered, autograder_sha256=ag.sha256,
+                       questions=dict(ag.questions), report_name=report_name, grader_version=GRADER_VERSION)
     return BatchReport(ordered, questions, chosen, limits, time.monotonic() - started,
                        len(to_run), out, notes + list(ag.notes) + [f"isolation: {n}" for n in chosen.notes])
 
@@ -319,7 +332,8 @@ def grade_from_cli(args) -> int:
         limits = Limits(timeout_s=args.timeout, memory_mb=args.memory_mb)
         report = grade_batch(args.submissions, autograder=path, out=args.out, jobs=args.jobs, limits=limits,
                              isolation=args.isolation, regrade=args.regrade, allow_read=args.allow_read or (),
-                             save_notebooks=args.save_notebooks, progress=not args.quiet)
+                             save_notebooks=args.save_notebooks, progress=not args.quiet,
+                             shard=getattr(args, "shard", None))
     except (AutograderError, NoSubmissions, SandboxError, GradingCannotRun) as error:
         print(f"ftlab grade: grading could not run: {error}", file=sys.stderr)
         return 1

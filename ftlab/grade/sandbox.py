@@ -89,7 +89,9 @@ class Outcome:
 
 
 def default_ftlab_home() -> Path:
-    return Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab"))
+    from ..paths import home
+
+    return home()
 
 
 def sandbox_environment(threads: int) -> dict[str, str]:
