@@ -13,7 +13,7 @@ NB_THREADS ?= 1
 # every notebook under nbval: the student notebooks and, at the same time, the solutions (two processes)
 NBVAL   = OMP_NUM_THREADS=$(NB_THREADS) $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 
-.PHONY: setup lab test demo figures bench assign
+.PHONY: setup lab test test-lowest test-colab demo figures bench assign
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	@VENV=$(VENV) bash scripts/bootstrap.sh
@@ -37,10 +37,32 @@ test: $(STAMP)
 		echo "--- the solution notebooks (notebooks/source):"; cat build/nbval-solutions.log; \
 		rm -f notebooks/.OTTER_LOG notebooks/source/.OTTER_LOG; [ $$students -eq 0 ] && [ $$status -eq 0 ]
 
+# the unit tests (not the course) with every direct dependency at the lowest version pyproject.toml
+# allows, in a fresh .venv-lowest; torch and torchvision stay at this machine's wheels (see the script)
+test-lowest:
+	@bash scripts/test_lowest.sh
+
+# the course on an emulated Colab (colab/test_emulation.py): Colab's versions in .venv-colab
+# (scripts/colab_env.sh), a fake google.colab, the course served from a local git remote; the first
+# cell, lessons 00 and 03 under nbval, the dashboard in JupyterLab with ipywidgets 7 (Debian's chromium)
+test-colab:
+	@bash scripts/colab_env.sh
+	@OMP_NUM_THREADS=1 .venv-colab/bin/python -m pytest colab/test_emulation.py -v -p no:cacheprovider --durations=0
+
 # the course: otter assign on every notebooks/source/*.ipynb (scripts/assign.py); the zips hold the
 # hidden tests and stay in build/ (git-ignored), never in what learners get
 assign: $(STAMP)
 	@$(PY) scripts/assign.py
+
+# the course learners clone and open on Colab, with its address written in (docs/instructors.md):
+#   make course URL=https://github.com/OWNER/NAME [COURSE_OUT=../ftlab-course]
+# student notebooks (run `make assign` first if notebooks/source changed), ftlab, data cards, a README;
+# never notebooks/source or build/ (ftlab/course.py checks what it writes)
+COURSE_OUT ?= ../ftlab-course
+.PHONY: course
+course: $(STAMP)
+	@[ -n "$(URL)" ] || { echo "make course: give the course repository's URL: make course URL=https://github.com/OWNER/NAME"; exit 2; }
+	@$(PY) -m ftlab course build --repo "$(URL)" "$(COURSE_OUT)"
 
 demo: setup
 	@$(PY) -m ftlab finetune --model resnet18 --weights fashion-mnist --data digits --n-train 500 \

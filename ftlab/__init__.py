@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBMODULES = ("datasets", "models", "weights", "families", "freezing", "features", "augment", "settings",
                "optim", "training", "history", "lr_finder", "pretrain", "doctor", "install", "paths", "checks",
                "plots", "cli", "measures", "mitigations", "store", "sweeps", "widgets", "lora", "adapters",
-               "grading")
+               "grading", "course")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",

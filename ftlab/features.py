@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -75,7 +76,12 @@ def prepare(model: nn.Module, batch: dict) -> dict:
 
 # --- the frozen-prefix cache -------------------------------------------------------------------
 
+# One cache per process, on purpose: the runs of a sweep, the dashboard's training thread and the
+# kernel all reuse each other's features. _CACHE_LOCK guards every read and write of it (the
+# dashboard trains in a thread while the kernel may call fit too); the features themselves are
+# computed outside the lock, so one thread never waits for another's forward pass.
 _CACHE: OrderedDict[str, Encoded] = OrderedDict()
+_CACHE_LOCK = threading.RLock()
 
 
 def _budget_bytes() -> int:
@@ -109,9 +115,10 @@ def prefix_features(model: nn.Module, depth: int, data: Encoded | None, *, devic
         return None
     device = torch.device(device)  # "cpu" as well as torch.device("cpu")
     key = _fingerprint(model, depth, data, device)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -131,15 +138,19 @@ def prefix_features(model: nn.Module, depth: int, data: Encoded | None, *, devic
     finally:
         model.train(was_training)
     features = Encoded({k: torch.cat(v) for k, v in parts.items()}, data.labels)
-    _CACHE[key] = features
-    while sum(e.nbytes() for e in _CACHE.values()) > _budget_bytes() and len(_CACHE) > 1:
-        _CACHE.popitem(last=False)  # least recently used first
+    with _CACHE_LOCK:  # another thread may have stored the same key meanwhile: same features, either will do
+        _CACHE[key] = features
+        _CACHE.move_to_end(key)
+        while sum(e.nbytes() for e in _CACHE.values()) > _budget_bytes() and len(_CACHE) > 1:
+            _CACHE.popitem(last=False)  # least recently used first
     return features
 
 
 def clear_cache() -> None:
-    _CACHE.clear()
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def cache_info() -> dict:
-    return {"entries": len(_CACHE), "megabytes": sum(e.nbytes() for e in _CACHE.values()) / 2**20}
+    with _CACHE_LOCK:
+        return {"entries": len(_CACHE), "megabytes": sum(e.nbytes() for e in _CACHE.values()) / 2**20}

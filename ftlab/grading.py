@@ -386,24 +386,33 @@ def write_public_tests(notebook: str | Path, folder: str | Path = "tests") -> li
     return written
 
 
-def prepare_colab(lesson: str, *, repo: str | Path, workdir: str | Path | None = None, fetch: bool = True) -> Path:
+def prepare_colab(lesson: str, *, repo: str | Path, workdir: str | Path | None = None, fetch: bool = True,
+                  chdir: bool = False) -> Path:
     """Make a lesson's checks work on Colab, where the notebook is not a file otter can read.
 
-    Fetches the data and weights (`ftlab setup`; skipped with fetch=False), copies the lesson's
-    student notebook from the cloned `repo` into `workdir` (default /content/<lesson>) with its public
-    tests as files, and makes that folder the working directory. Returns the folder.
+    Fetches the data and weights (`ftlab setup`; skipped with fetch=False), then copies the lesson's
+    student notebook from the cloned `repo` into `workdir`, with its public tests as files in
+    `workdir`/tests. Returns the folder.
+
+    workdir: default the current working directory (/content on Colab), which is where the
+             lesson's next cell, `otter.Notebook("<lesson>.ipynb")`, looks for the notebook and ./tests.
+    chdir:   also make `workdir` the working directory (for a workdir elsewhere that otter should
+             read from). Off by default: the working directory changes only when asked.
     """
     if fetch:
         from .install import ensure_all
 
         ensure_all()
-    folder = Path(workdir) if workdir is not None else Path("/content") / lesson
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(workdir) if workdir is not None else Path.cwd()
     notebook = Path(repo) / "notebooks" / f"{lesson}.ipynb"
     if not notebook.exists():
         raise FileNotFoundError(f"{notebook} does not exist: is {repo} a clone of the course repository, "
                                 f"and is {lesson!r} spelled as in its notebooks/ folder?")
-    shutil.copy(notebook, folder / notebook.name)
-    write_public_tests(folder / notebook.name, folder / "tests")
-    os.chdir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / notebook.name
+    if not (target.exists() and target.samefile(notebook)):  # run inside the clone: the file is already there
+        shutil.copy(notebook, target)
+    write_public_tests(target, folder / "tests")
+    if chdir:
+        os.chdir(folder)
     return folder

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .checks import require_dataset, require_model, require_task
 from .features import Encoded, encode, prefix_features, prepare
 from .freezing import blocks, freeze, head_modules, train_mode
 from .freezing import frozen_depth as current_frozen_depth
@@ -89,12 +90,8 @@ def _logits(model: nn.Module, batch: dict, depth: int, cached: bool) -> torch.Te
 
 def _check_task(model: nn.Module, task) -> None:
     """What `fit` needs of a task and model pair, in words."""
-    if not all(hasattr(task, name) for name in ("train", "val", "num_classes")):
-        raise TypeError(f"fit: task must be a ftlab Task (from ftlab.datasets.load(...), with train, val and "
-                        f"test splits), got {type(task).__name__}: {task!r:.80}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"fit: model must be a torch.nn.Module (e.g. ftlab.models.resnet18(...)), "
-                        f"got {type(model).__name__}")
+    require_model(model, "fit")
+    require_task(task, "fit")
     problems = []
     modality = getattr(task, "modality", None)
     if modality == "image" and not hasattr(model, "preprocess"):
@@ -198,11 +195,8 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 256, device: str = 
     head: score the model's backbone through this head instead of its own (e.g. the source head).
     The model is scored on `device` and put back where it was (on its own device, in its own mode).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise TypeError(f"evaluate: dataset must be a split of a ftlab Task (e.g. task.test), "
-                        f"got {type(dataset).__name__}")
+    require_model(model, "evaluate")
+    require_dataset(dataset, "evaluate")
     target = resolve_device(device)
     home = _model_device(model)
     head_home = _model_device(head) if head is not None else None

@@ -8,14 +8,25 @@ a Stop button, live curves, a table of this session's runs, and an overlay to co
 
 The dashboard only wires controls to ftlab's functions: `ftlab.sweeps.run` trains (or reads a run
 already finished back from the run store), `ftlab.lr_finder.lr_find` suggests a learning rate,
-`ftlab.plots` draws, `ftlab.freezing.blocks` names the blocks. Training runs in a background
-thread, so the kernel still hears the Stop button. Every error ends up as a message in the
-dashboard, not as a traceback lost in the server's log. Only core ipywidgets and matplotlib, so it works in JupyterLab, classic Notebook and Colab.
+`ftlab.plots` draws, `ftlab.freezing.blocks` names the blocks. Every error ends up as a message in
+the dashboard, not as a traceback lost in the server's log.
+
+Where training runs (`mode`):
+  "thread"    (the default outside Colab) a background thread, so the kernel still hears the Stop
+              button while it trains.
+  "callback"  (the default on Colab) inside the Run button's callback: Colab does not show widget
+              changes made from a background thread (colabtools #3373), but it does show those made
+              while a callback runs. Stopping is then the notebook's own interrupt (Colab's stop
+              button raises KeyboardInterrupt in the callback; fit keeps the best epoch's weights).
+Either way the dashboard changes only widget state (`Output.outputs`, `.value`), never prints from a
+thread, so nothing is lost with ipykernel 6 or 7 (7 no longer routes threads' output to a cell).
+Only core ipywidgets (7.7 and 8, one code path) and matplotlib: JupyterLab, classic Notebook, Colab.
 """
 from __future__ import annotations
 
 import html
 import math
+import sys
 import threading
 import traceback
 from typing import Callable, Sequence
@@ -28,7 +39,7 @@ from . import lr_finder, plots, sweeps
 from .freezing import blocks
 from .history import History
 
-__all__ = ["dashboard", "Dashboard", "frozen_label", "run_label"]
+__all__ = ["dashboard", "Dashboard", "default_mode", "frozen_label", "run_label", "MODES"]
 
 LR_RANGE = (1e-5, 1e-1)  # the learning-rate slider's ends (log scale)
 MAX_EPOCHS, MAX_PATIENCE = 50, 10
@@ -36,6 +47,8 @@ DEFAULTS = {"lr": 1e-3, "frozen_depth": 0, "patience": None, "epochs": 10, "l2sp
 # the progress bar's colour for each History.outcome: green only when the run ended on its own terms
 BAR_STYLES = {"finished": "success", "stopped early": "success", "interrupted": "warning", "diverged": "danger"}
 LR_FIND_OPTIONS = ("batch_size", "weight_decay", "seed", "device", "max_length")  # fixed settings lr_find shares
+MODES = ("thread", "callback")  # where a run trains: a background thread, or the Run button's callback
+NO_PATIENCE = 0  # the early-stopping menu's value for "off": a None value would leave the menu blank
 METRICS = {"validation accuracy": "val_acc", "validation loss": "val_loss", "train accuracy": "train_acc",
            "train loss": "train_loss"}
 
@@ -46,6 +59,11 @@ class _Unchanged:
 
 
 unchanged = _Unchanged()  # Dashboard.run's default: leave that control as it is
+
+
+def default_mode() -> str:
+    """"callback" on Colab (it does not show widget changes made from a background thread), else "thread"."""
+    return "callback" if "google.colab" in sys.modules else "thread"
 
 
 def frozen_label(names: Sequence[str], depth: int) -> str:
@@ -108,10 +126,16 @@ class Dashboard:
     or None for none). `settings` fixes fit's other arguments (e.g. {"batch_size": 64}) and may
     give the controls' first values (lr, frozen_depth, patience, epochs, l2sp, rehearsal).
     `callbacks` are called with the History after every epoch, after the dashboard's own.
+    `mode`: "thread" or "callback" (see the module's docstring); None picks default_mode().
     """
 
     def __init__(self, model: nn.Module, task, *, source=None, settings: dict | None = None,
-                 store=True, callbacks: Sequence[Callable[[History], None]] = ()):
+                 store=True, callbacks: Sequence[Callable[[History], None]] = (), mode: str | None = None):
+        mode = default_mode() if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES} (or None for the default here, {default_mode()!r}), "
+                             f"got {mode!r}")
+        self.mode = mode
         settings = dict(settings or {})
         unknown = sorted(set(settings) - set(sweeps.SETTINGS))
         if unknown:
@@ -128,6 +152,7 @@ class Dashboard:
         self._start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._start_flags = [p.requires_grad for p in model.parameters()]
         self._thread: threading.Thread | None = None
+        self._busy = False  # callback mode: a run or a suggestion is going on in this very call stack
         self._stop_event = threading.Event()
         self._result: sweeps.RunResult | None = None
         self.last_suggestion: lr_finder.LRFinderResult | None = None
@@ -147,10 +172,10 @@ class Dashboard:
         self.depth_slider = w.IntSlider(value=first["frozen_depth"], min=0, max=len(self.block_names),
                                         description="frozen depth", style=style, layout=wide)
         self.depth_label = w.HTML()
-        self.patience_menu = w.Dropdown(  # None = no early stopping, else the patience in epochs
-            options=[("off", None)] + [(f"after {n} epoch{'s' * (n > 1)} without improvement", n)
-                                       for n in range(1, MAX_PATIENCE + 1)],
-            value=first["patience"], description="early stopping", style=style, layout=wide)
+        self.patience_menu = w.Dropdown(  # NO_PATIENCE = no early stopping, else the patience in epochs
+            options=[("off", NO_PATIENCE)] + [(f"after {n} epoch{'s' * (n > 1)} without improvement", n)
+                                              for n in range(1, MAX_PATIENCE + 1)],
+            value=_menu_patience(first["patience"]), description="early stopping", style=style, layout=wide)
         self.epochs_slider = w.IntSlider(value=first["epochs"], min=1, max=MAX_EPOCHS, description="epochs",
                                          style=style, layout=wide)
         self.l2sp_slider = w.FloatSlider(value=first["l2sp"], min=0, max=1, step=0.01, readout_format=".2f",
@@ -168,10 +193,19 @@ class Dashboard:
                                    tooltip="train with these settings (or show them from the run store)")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
                                     tooltip="end the run after this batch; the best epoch's weights are kept")
+        # callback mode: the kernel is busy in the Run callback, so a Stop click would only arrive
+        # after the run; the notebook's interrupt is what stops it (fit keeps the best weights)
+        self.stop_hint = hint("to stop a run: the notebook's stop button (interrupt the kernel); "
+                              "the best epoch's weights are kept")
+        if self.mode == "callback":
+            self.stop_button.layout.display = "none"
+        else:
+            self.stop_hint.layout.display = "none"
         self.progress = w.IntProgress(value=0, min=0, max=first["epochs"], description="epoch 0",
                                       style={"description_width": "5em"}, layout=w.Layout(width="22em"))
         self.status = w.HTML("ready: choose settings and press <b>Run</b>")
         self.output = w.Output(layout=w.Layout(min_height="60px"))  # live curves and error messages
+        self.log = w.Output()  # callback mode: what is printed or warned while a run goes on
         self.table = w.Output()  # this session's runs
         self.compare_select = w.SelectMultiple(options=[], rows=5, layout=w.Layout(width="34em"))
         metrics = dict(METRICS, **({"source accuracy (forgetting)": "source_acc"} if self.source else {}))
@@ -182,7 +216,7 @@ class Dashboard:
         self.compare_output = w.Output()
 
         for widget, name in [(self.suggest_button, "suggest"), (self.run_button, "run"), (self.stop_button, "stop"),
-                             (self.output, "curves"),
+                             (self.output, "curves"), (self.log, "log"), (self.stop_hint, "stop-hint"),
                              (self.depth_slider, "depth"), (self.depth_label, "depth-label"),
                              (self.table, "runs"), (self.status, "status"), (self.compare_button, "compare"),
                              (self.compare_output, "overlay")]:
@@ -214,9 +248,11 @@ class Dashboard:
         self.widget = w.VBox([
             w.HTML(f"<h3 style='margin:4px 0'>Fine-tuning dashboard</h3><div>{about}</div>"),
             settings,
-            w.HBox([self.run_button, self.stop_button, self.progress], layout=w.Layout(align_items="center")),
+            w.HBox([self.run_button, self.stop_button, self.progress, self.stop_hint],
+                   layout=w.Layout(align_items="center")),
             self.status,
             self.output,
+            self.log,
             w.HTML("<h4 style='margin:8px 0 2px'>Runs in this session</h4>"),
             self.table,
             w.HTML("<h4 style='margin:8px 0 2px'>Compare runs</h4><span style='color:#666;font-size:12px'>"
@@ -234,7 +270,7 @@ class Dashboard:
     def _values(self) -> dict:
         """The settings the controls show (rounded to what the readouts display)."""
         return {"lr": float(f"{self.lr_slider.value:.2g}"), "frozen_depth": self.depth_slider.value,
-                "patience": self.patience_menu.value,
+                "patience": self.patience_menu.value or None,  # NO_PATIENCE: no early stopping
                 "epochs": self.epochs_slider.value, "l2sp": round(self.l2sp_slider.value, 4),
                 "rehearsal": round(self.rehearsal_slider.value, 4)}
 
@@ -270,7 +306,7 @@ class Dashboard:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._busy or (self._thread is not None and self._thread.is_alive())
 
     def run(self, *, lr=unchanged, frozen_depth=unchanged, patience=unchanged, epochs=unchanged,
             l2sp=unchanged, rehearsal=unchanged) -> sweeps.RunResult | None:
@@ -287,7 +323,7 @@ class Dashboard:
             self._show_error(str(error))
             return None
         self.lr_slider.value, self.depth_slider.value = values["lr"], values["frozen_depth"]
-        self.patience_menu.value = values["patience"]
+        self.patience_menu.value = _menu_patience(values["patience"])
         self.epochs_slider.value = values["epochs"]
         self.l2sp_slider.value, self.rehearsal_slider.value = values["l2sp"], values["rehearsal"]
         if not self._start(values):
@@ -296,13 +332,16 @@ class Dashboard:
 
     def wait(self, timeout: float | None = None) -> sweeps.RunResult | None:
         """Block until the current run (e.g. one started by clicking Run) ends; return its RunResult,
-        or None after an error or while it is still going after `timeout` seconds."""
-        if self._thread is not None:
+        or None after an error or while it is still going after `timeout` seconds. (In callback
+        mode a run has ended when the click or `run` returns.)"""
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return None if self.running else self._result
 
     def stop(self) -> None:
-        """End the current run after its current batch; fit keeps the best epoch's weights."""
+        """End the current run after its current batch; fit keeps the best epoch's weights.
+        (In callback mode a click cannot arrive while a run goes on: interrupt the kernel instead;
+        a `callbacks` function may still call this.)"""
         if self.running:
             self._stop_event.set()
             self.status.value = "stopping after this batch..."
@@ -324,9 +363,25 @@ class Dashboard:
         self.progress.description = "epoch 0"
         self.status.value = ("starting: encoding the data" + (", running the frozen blocks once"
                                                               if values["frozen_depth"] else "") + "...")
-        self._thread = threading.Thread(target=self._train, args=(values,), name="ftlab-dashboard", daemon=True)
-        self._thread.start()
+        self._launch(self._train, values, name="ftlab-dashboard")
         return True
+
+    def _launch(self, target: Callable, argument, *, name: str) -> None:
+        """Run `target(argument)` where this dashboard's mode says: a background thread, or right
+        here (callback mode: the caller is the Run button's callback or a cell, so every widget
+        change is sent while it runs; what it prints is caught in `log` rather than lost)."""
+        if self.mode == "thread":
+            self._thread = threading.Thread(target=target, args=(argument,), name=name, daemon=True)
+            self._thread.start()
+            return
+        self._thread = None
+        self._busy = True
+        self.log.outputs = ()
+        try:
+            with self.log:
+                target(argument)
+        finally:
+            self._busy = False
 
     def _train(self, values: dict) -> None:
         """The background thread: one ftlab.sweeps.run from the starting weights."""
@@ -343,6 +398,8 @@ class Dashboard:
             self._show_result(result)
         except Exception as error:  # anything at all: show it here rather than in the server's log
             self._show_error(f"{type(error).__name__}: {error}", details=traceback.format_exc())
+        except KeyboardInterrupt:  # the notebook's interrupt outside fit's epochs (fit handles its own)
+            self._show_stopped("before the run could be measured: nothing was trained or kept")
         finally:
             self.run_button.disabled, self.stop_button.disabled = False, True
             self.suggest_button.disabled = False
@@ -356,7 +413,7 @@ class Dashboard:
         or None after an error (shown in the output area). The model is left as it was."""
         if not self._start_suggest():
             return None
-        self._thread.join()
+        self.wait()
         return self.last_suggestion
 
     def _start_suggest(self) -> bool:
@@ -372,9 +429,7 @@ class Dashboard:
         self.run_button.disabled = self.suggest_button.disabled = True
         self.status.value = (f"suggesting a learning rate: range test at frozen depth {values['frozen_depth']} "
                              f"(the loss at rates rising from 1e-7 until it explodes)...")
-        self._thread = threading.Thread(target=self._find_lr, args=(values["frozen_depth"],),
-                                        name="ftlab-dashboard-lr-find", daemon=True)
-        self._thread.start()
+        self._launch(self._find_lr, values["frozen_depth"], name="ftlab-dashboard-lr-find")
         return True
 
     def _find_lr(self, depth: int) -> None:
@@ -392,6 +447,8 @@ class Dashboard:
             self._show_suggestion(result)
         except Exception as error:  # as for runs: the message goes to the output area
             self._show_error(f"{type(error).__name__}: {error}", details=traceback.format_exc())
+        except KeyboardInterrupt:
+            self._show_stopped("during the range test: no suggestion, the slider is as it was")
         finally:
             model.load_state_dict(current)
             for p, flag in zip(model.parameters(), flags):
@@ -472,6 +529,10 @@ class Dashboard:
         self.compare_output.outputs = (_display_data(figure),)
         return figure
 
+    def _show_stopped(self, when: str) -> None:
+        self.status.value = f"<b>stopped by you</b> {html.escape(when)}"
+        self.progress.bar_style = BAR_STYLES["interrupted"]
+
     def _show_error(self, text: str, details: str = "") -> None:
         self.last_error = text
         self.output.outputs = (_display_data(_error_box(text, details=details)),)
@@ -487,7 +548,13 @@ class Dashboard:
 
     def __repr__(self) -> str:
         return (f"Dashboard({type(self.model).__name__} on {getattr(self.task, 'name', 'a task')}, "
-                f"{len(self.runs)} runs{', running' if self.running else ''})")
+                f"{len(self.runs)} runs{', running' if self.running else ''}"
+                f"{', runs in the Run callback' if self.mode == 'callback' else ''})")
+
+
+def _menu_patience(patience: int | None) -> int:
+    """The early-stopping menu's value for a patience (None: no early stopping)."""
+    return NO_PATIENCE if patience is None else patience
 
 
 def _table_row(number: int, result: sweeps.RunResult, *, mitigations: bool) -> dict:
@@ -503,7 +570,9 @@ def _table_row(number: int, result: sweeps.RunResult, *, mitigations: bool) -> d
                   "test acc": f"{row['test_acc']:.1%}"})
     if "forgetting" in row:
         shown["forgetting (points)"] = f"{row['forgetting']:+.1f}"
-    shown.update({"how it ended": _ending(result), "training seconds": f"{row['seconds']:.1f}"})
+    # a stored run did not train now: its seconds are the original run's, said as such
+    seconds = f"0 (stored; trained in {row['seconds']:.1f})" if result.from_store else f"{row['seconds']:.1f}"
+    shown.update({"how it ended": _ending(result), "training seconds": seconds})
     return shown
 
 
@@ -512,11 +581,14 @@ def _ending(result: sweeps.RunResult) -> str:
 
 
 def dashboard(model: nn.Module, task, *, source=None, settings: dict | None = None, store=True,
-              callbacks: Sequence[Callable[[History], None]] = ()) -> Dashboard:
+              callbacks: Sequence[Callable[[History], None]] = (), mode: str | None = None) -> Dashboard:
     """The fine-tuning dashboard for `model` on `task` (see Dashboard); display it in a notebook.
 
         board = ftlab.widgets.dashboard(model, task, source=ftlab.Source(fashion, source_head),
                                         settings={"lr": 1e-3, "frozen_depth": 3, "epochs": 10})
         board
+
+    mode="callback" trains inside the Run button's callback (the default on Colab, where changes
+    from a background thread are not shown); "thread" in a background thread with a Stop button.
     """
-    return Dashboard(model, task, source=source, settings=settings, store=store, callbacks=callbacks)
+    return Dashboard(model, task, source=source, settings=settings, store=store, callbacks=callbacks, mode=mode)

@@ -6,6 +6,7 @@ takes well under a second. The real-browser check is tests/test_browser.py.
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -383,3 +384,183 @@ def test_no_suggestion_and_errors_are_shown_in_the_output_area(image_task, monke
     assert board.suggest() is None
     assert "RuntimeError: the range test broke" in shown(board.output) and "error" in board.status.value
     assert not board.suggest_button.disabled and not board.run_button.disabled and not escaped
+
+
+# --- where a run trains: a thread, or the Run button's callback (Colab) -------------------------
+
+
+@pytest.fixture
+def widget_changes(monkeypatch):
+    """Every widget trait change, with the thread it was made from (ipywidgets 7 and 8 send each one
+    through Widget.notify_change)."""
+    import ipywidgets
+
+    changes, real = [], ipywidgets.Widget.notify_change
+
+    def spy(self, change):
+        changes.append((threading.current_thread(), type(self).__name__, change["name"]))
+        return real(self, change)
+
+    monkeypatch.setattr(ipywidgets.Widget, "notify_change", spy)
+    return changes
+
+
+def test_callback_mode_changes_widgets_only_from_the_main_thread(image_task, widget_changes, escaped):
+    board = dashboard(make_tiny_resnet(), image_task, mode="callback", settings={"batch_size": 16})
+    widget_changes.clear()
+    board.depth_slider.value, board.epochs_slider.value = 4, 2
+    board.run_button.click()  # returns when the run is over: it trained inside the click
+    assert board.runs and board.runs[-1].history.epochs_run == 2 and not board.running
+    board.suggest_button.click()
+    assert board.last_suggestion is not None
+    changed = {(kind, name) for _, kind, name in widget_changes}
+    assert {("IntProgress", "value"), ("Output", "outputs"), ("HTML", "value"), ("Button", "disabled"),
+            ("FloatLogSlider", "value")} <= changed  # the spy saw the run's and the suggestion's updates
+    assert {thread for thread, _, _ in widget_changes} == {threading.main_thread()}
+    assert not escaped
+
+
+def test_the_thread_spy_sees_a_background_thread(image_task, widget_changes):
+    """The control for the test above: in thread mode the same spy sees changes from elsewhere."""
+    board = dashboard(make_tiny_resnet(), image_task, mode="thread")
+    board.run(frozen_depth=4, epochs=1)
+    others = {thread.name for thread, _, _ in widget_changes if thread is not threading.main_thread()}
+    assert others == {"ftlab-dashboard"}
+
+
+def test_callback_and_thread_modes_train_the_same_run(image_task):
+    histories = []
+    for mode in widgets.MODES:
+        model = make_tiny_resnet()
+        board = dashboard(model, image_task, mode=mode, store=None)
+        board.lr_slider.value, board.depth_slider.value, board.epochs_slider.value = 1e-2, 3, 2
+        board.run_button.click()
+        histories.append((board.wait().history, snapshot(model)))
+    (thread_history, thread_weights), (callback_history, callback_weights) = histories
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in thread_history.rows] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in callback_history.rows]
+    assert same_weights(thread_weights, callback_weights)
+
+
+def test_colab_gets_the_callback_mode(image_task, monkeypatch):
+    import types
+
+    assert dashboard(make_tiny_resnet(), image_task).mode == "thread"  # here: no google.colab
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    board = dashboard(make_tiny_resnet(), image_task)
+    assert board.mode == widgets.default_mode() == "callback"
+    assert board.stop_button.layout.display == "none"  # a click could not arrive during a run
+    assert board.stop_hint.layout.display != "none" and "interrupt" in board.stop_hint.value
+    assert "runs in the Run callback" in repr(board)
+    assert dashboard(make_tiny_resnet(), image_task, mode="thread").stop_button.layout.display != "none"
+    with pytest.raises(ValueError, match=r"mode must be one of \('thread', 'callback'\)"):
+        dashboard(make_tiny_resnet(), image_task, mode="background")
+
+
+def test_in_callback_mode_the_interrupt_stops_the_run_with_the_best_weights(image_task, escaped):
+    """Colab's stop button raises KeyboardInterrupt in the running callback: here, at epoch 1."""
+    model = make_tiny_resnet()
+    best = {}
+
+    def interrupt_after_epoch_1(history):
+        if history.best_epoch == history.epochs_run:
+            best["weights"] = snapshot(model)
+        if history.epochs_run == 1 and not history.interrupted:
+            raise KeyboardInterrupt
+
+    board = dashboard(model, image_task, mode="callback", callbacks=[interrupt_after_epoch_1])
+    board.lr_slider.value, board.depth_slider.value, board.epochs_slider.value = 1e-2, 3, 6
+    board.run_button.click()  # no KeyboardInterrupt escapes the click
+    history = board.wait().history
+    assert history.interrupted and history.epochs_run == 1 and history.restored_best
+    assert same_weights(snapshot(model), best["weights"])
+    assert "stopped by you" in board.status.value and board.progress.bar_style == "warning"
+    assert not board.running and not board.run_button.disabled and not escaped
+
+
+@pytest.mark.parametrize("button", ["run_button", "suggest_button"])
+def test_an_interrupt_outside_the_epochs_is_shown_too(button, image_task, monkeypatch):
+    """E.g. while the data is being encoded, before fit's own handler is in place."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeps, "run", interrupted)
+    monkeypatch.setattr(ftlab.lr_finder, "lr_find", interrupted)
+    model = make_tiny_resnet()
+    start = snapshot(model)
+    board = dashboard(model, image_task, mode="callback")
+    before = board.lr_slider.value
+    getattr(board, button).click()
+    assert "stopped by you" in board.status.value and board.progress.bar_style == "warning"
+    assert board.wait() is None and not board.runs and board.lr_slider.value == before
+    assert same_weights(snapshot(model), start)
+    assert not board.running and not board.run_button.disabled and not board.suggest_button.disabled
+    assert "Dashboard(ResNet on toy-images, 0 runs, runs in the Run callback)" == repr(board)
+
+
+def test_a_second_run_is_refused_in_callback_mode_too(image_task):
+    answers = []
+
+    def try_again(history):
+        if history.epochs_run == 1 and not answers:
+            answers.append(board.run(epochs=1))
+
+    board = dashboard(make_tiny_resnet(), image_task, mode="callback", callbacks=[try_again])
+    assert board.run(frozen_depth=4, epochs=2) is not None
+    assert answers == [None] and len(board.runs) == 1
+
+
+# --- what the browser showed ------------------------------------------------------------------
+
+
+def test_the_early_stopping_menu_shows_off_when_patience_is_left_out(image_task):
+    """ipywidgets 7 and 8 both blank a Dropdown whose value is None: "off" must be a real option."""
+    board = dashboard(make_tiny_resnet(), image_task, settings={"lr": 1e-3, "frozen_depth": 3, "epochs": 3})
+    assert board.patience_menu.label == "off" and board._values()["patience"] is None
+    board.patience_menu.label = "after 2 epochs without improvement"
+    assert board._values()["patience"] == 2
+    board.patience_menu.label = "off"  # choosing "off" again
+    assert board.patience_menu.index == 0 and board.patience_menu.label == "off"
+    assert board._values()["patience"] is None
+    board.run(patience=3, frozen_depth=4, epochs=1)
+    board.run(patience=None, epochs=1)
+    assert board.patience_menu.label == "off" and board.runs[-1].row["patience"] is None
+    assert dashboard(make_tiny_resnet(), image_task, settings={"patience": 4}).patience_menu.value == 4
+
+
+def test_a_stored_run_does_not_list_training_seconds_as_its_own(image_task, tmp_path):
+    board = dashboard(make_tiny_resnet(), image_task, store=RunStore(tmp_path / "runs"))
+    first = board.run(lr=1e-3, frozen_depth=4, epochs=1)
+    second = board.run(lr=1e-3, frozen_depth=4, epochs=1)
+    assert second.from_store
+    rows = [widgets._table_row(i, r, mitigations=False) for i, r in enumerate(board.runs, 1)]
+    assert rows[0]["training seconds"] == f"{first.row['seconds']:.1f}"
+    assert rows[1]["training seconds"] == f"0 (stored; trained in {first.row['seconds']:.1f})"
+
+
+def test_the_controls_use_only_what_ipywidgets_7_and_8_both_have(image_task):
+    """An option a version does not know is a warning from traitlets (and is silently dropped)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for mode in widgets.MODES:
+            model, source = make_source()
+            dashboard(model, image_task, source=source, mode=mode)
+
+
+def test_thread_mode_prints_nothing_from_its_thread(image_task, capfd):
+    """ipykernel 7 routes a thread's output to no cell: everything the dashboard says is widget state.
+    (A diverged run's warning from fit is the one exception; the status says the same.)"""
+    def stop_after_epoch_1(history):
+        if history.epochs_run == 1:
+            board.stop()
+
+    board = dashboard(make_tiny_resnet(), image_task, mode="thread", callbacks=[stop_after_epoch_1])
+    board.run(frozen_depth=4, epochs=3)
+    assert board.runs[0].history.interrupted and "stopped by you" in board.status.value
+    assert board.run(lr=0.5) is None and "learning rate must be between" in shown(board.output)  # refused
+    board.callbacks.clear()
+    board.run(frozen_depth=3, epochs=1)
+    assert capfd.readouterr() == ("", "")
