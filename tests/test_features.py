@@ -328,7 +328,10 @@ def test_family_without_prefix_trains_uncached(convnet_family):
 
 def _other_mask_helper(bert, style):
     """BertModel._create_attention_masks as other transformers 5.x releases spell it."""
-    real = bert._create_attention_masks
+    real = getattr(bert, "_create_attention_masks", None)
+    if real is None:  # transformers 4 has no such helper: BERT's own additive mask is the reference
+        def real(attention_mask, embedding_output, **_):
+            return bert.get_extended_attention_mask(attention_mask, attention_mask.shape), None
 
     if style == "past_key_values":  # e.g. 5.17: past_key_values and cache_position, no `cache`
         def helper(attention_mask, encoder_attention_mask, embedding_output, encoder_hidden_states,
@@ -349,7 +352,8 @@ def test_bert_prefix_works_across_transformers_mask_helpers(tiny_bert, text_task
     tiny_bert.eval()
     with torch.no_grad():
         hidden_states = tiny_bert(**data.inputs, output_hidden_states=True).hidden_states
-    monkeypatch.setattr(tiny_bert.bert, "_create_attention_masks", _other_mask_helper(tiny_bert.bert, style))
+    monkeypatch.setattr(tiny_bert.bert, "_create_attention_masks", _other_mask_helper(tiny_bert.bert, style),
+                        raising=False)  # transformers 4 has none; ftlab then takes the helper's path too
     clear_cache()  # computed now, through the patched helper, not served from an earlier test
     features = prefix_features(tiny_bert, 3, data, device=CPU)
     assert torch.allclose(features.inputs["hidden"], hidden_states[2], atol=1e-5)

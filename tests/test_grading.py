@@ -273,13 +273,15 @@ def test_write_public_tests(tmp_path):
 
 
 def test_prepare_colab_puts_notebook_and_tests_in_the_working_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # prepare_colab changes the working directory; this restores it
+    monkeypatch.chdir(tmp_path)  # restored after the test, whatever prepare_colab does
     repo = tmp_path / "clone"
     (repo / "notebooks").mkdir(parents=True)
     notebook = {"cells": [], "metadata": {"otter": {"OK_FORMAT": False, "tests": {"q1": "name = 'q1'\n"}}}}
     (repo / "notebooks" / "01_lesson.ipynb").write_text(json.dumps(notebook))
     folder = grading.prepare_colab("01_lesson", repo=repo, workdir=tmp_path / "work", fetch=False)
-    assert folder == tmp_path / "work" and Path.cwd() == folder
+    assert folder == tmp_path / "work" and Path.cwd() == tmp_path  # no hidden change of directory
+    assert grading.prepare_colab("01_lesson", repo=repo, workdir=tmp_path / "work", fetch=False,
+                                 chdir=True) == Path.cwd() == folder  # only when asked
     assert (folder / "01_lesson.ipynb").exists() and (folder / "tests" / "q1.py").read_text() == "name = 'q1'\n"
     with pytest.raises(FileNotFoundError, match="is .* a clone of the course repository"):
         grading.prepare_colab("02_missing", repo=repo, workdir=tmp_path / "other", fetch=False)
