@@ -346,14 +346,20 @@ class Dashboard:
             self._stop_event.set()
             self.status.value = "stopping after this batch..."
 
-    def _start(self, values: dict) -> bool:
-        """Check the values and start a run in the background; False (and a message) if it cannot."""
+    def _can_start(self, values: dict) -> bool:
+        """True when the values are valid and nothing runs; else False, with the reason shown."""
         try:
             self._check(values)
             if self.running:
                 raise ValueError("a run is still going: wait for it to finish or press Stop")
         except ValueError as error:
             self._show_error(str(error))
+            return False
+        return True
+
+    def _start(self, values: dict) -> bool:
+        """Check the values and start a run in the background; False (and a message) if it cannot."""
+        if not self._can_start(values):
             return False
         self.last_error, self._result = None, None
         self._stop_event = threading.Event()
@@ -418,12 +424,7 @@ class Dashboard:
 
     def _start_suggest(self) -> bool:
         values = self._values()
-        try:
-            self._check(values)
-            if self.running:
-                raise ValueError("a run is still going: wait for it to finish or press Stop")
-        except ValueError as error:
-            self._show_error(str(error))
+        if not self._can_start(values):
             return False
         self.last_error, self.last_suggestion = None, None
         self.run_button.disabled = self.suggest_button.disabled = True
