@@ -31,17 +31,10 @@ from torch.nn import functional as F
 import ftlab
 from ftlab.augment import augment_batch, light
 from ftlab.features import clear_cache
+from run import _resnet_on_digits  # bench/run.py: the same model and task as the other benchmarks
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 32
-
-
-def _resnet_on_digits(n_train: int = 500):
-    torch.manual_seed(0)
-    task = ftlab.datasets.load("digits", n_train=n_train, seed=0)
-    model = ftlab.models.resnet18(weights="fashion-mnist")
-    ftlab.models.replace_head(model, task.num_classes)
-    return model, task
 
 
 def _steps(model, task, *, augment: bool, seed: int = 0) -> None:

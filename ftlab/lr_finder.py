@@ -24,9 +24,8 @@ from torch.nn import functional as F
 from .features import encode, prefix_features
 from .freezing import blocks, freeze, train_mode
 from .freezing import frozen_depth as current_frozen_depth
-from .models import head_of
 from .optim import make_optimizer
-from .training import _autocast, _logits, _to, resolve_device
+from .training import _autocast, _head_mismatch, _logits, _to, resolve_device
 
 __all__ = ["lr_find", "LRFinderResult", "valley"]
 
@@ -124,10 +123,9 @@ def _check(model, task, frozen_depth, start_lr, end_lr, num_steps, batch_size, s
         listed = ", ".join(f"{i}={n}" for i, n in enumerate(names, 1))
         problems.append(f"frozen_depth must be None (leave freezing as it is) or an integer in 0..{len(names)} "
                         f"(blocks: {listed}), got {frozen_depth!r}")
-    outputs = head_of(model).out_features
-    if outputs != task.num_classes:
-        problems.append(f"the head has {outputs} outputs but the task has {task.num_classes} classes; "
-                        f"call ftlab.models.replace_head(model, {task.num_classes}) first")
+    mismatch = _head_mismatch(model, task)
+    if mismatch:
+        problems.append(mismatch)
     if problems:
         raise ValueError("lr_find: " + "; ".join(problems))
 

@@ -100,12 +100,20 @@ def _check_task(model: nn.Module, task) -> None:
     if modality == "text" and not hasattr(model, "tokenizer"):
         problems.append("this task holds text but the model has no tokenizer "
                         "(is it an image model? use ftlab.models.bert for text)")
-    outputs = head_of(model).out_features
-    if outputs != task.num_classes:
-        problems.append(f"the head has {outputs} outputs but the task has {task.num_classes} classes; "
-                        f"call ftlab.models.replace_head(model, {task.num_classes}) first")
+    mismatch = _head_mismatch(model, task)
+    if mismatch:
+        problems.append(mismatch)
     if problems:
         raise ValueError("fit: " + "; ".join(problems))
+
+
+def _head_mismatch(model: nn.Module, task) -> str:
+    """What is wrong when the head's size is not the task's class count ("" when they agree)."""
+    outputs = head_of(model).out_features
+    if outputs == task.num_classes:
+        return ""
+    return (f"the head has {outputs} outputs but the task has {task.num_classes} classes; "
+            f"call ftlab.models.replace_head(model, {task.num_classes}) first")
 
 
 def _check_against_model(model: nn.Module, task, settings: FitSettings, source: Source | None) -> None:
