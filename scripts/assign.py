@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks" / "source"
 NOTEBOOKS = ROOT / "notebooks"
 AUTOGRADER = ROOT / "build" / "autograder"
-PRIVATE_METADATA = ("wrong_answer",)  # keys of metadata.ftlab that must not reach learners
+PRIVATE_METADATA = ("wrong_answer", "trivial_answers")  # keys of metadata.ftlab that must not reach learners
 
 
 @dataclass(frozen=True)

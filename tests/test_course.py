@@ -225,7 +225,8 @@ def test_no_solutions_or_hidden_tests_reach_learners(assigned, lesson):
     import zipfile
 
     student = (ROOT / "notebooks" / f"{lesson}.ipynb").read_text()
-    for marker in ("# BEGIN SOLUTION", "# SOLUTION", "BEGIN TEST CONFIG", "wrong_answer", "hidden=True"):
+    for marker in ("# BEGIN SOLUTION", "# SOLUTION", "BEGIN TEST CONFIG", "wrong_answer", "trivial_answers",
+                   "hidden=True"):
         assert marker not in student, f"notebooks/{lesson}.ipynb contains {marker!r}"
     public = json.loads(student)["metadata"]["otter"]["tests"]
     with zipfile.ZipFile(assigned[lesson].autograder) as bundle:
