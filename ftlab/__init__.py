@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBMODULES = ("datasets", "models", "weights", "families", "freezing", "features", "augment", "settings",
                "optim", "training", "history", "lr_finder", "pretrain", "doctor", "install", "paths", "checks",
                "plots", "cli", "measures", "mitigations", "store", "sweeps", "widgets", "lora", "adapters",
-               "grading", "course")
+               "grading", "feedback", "course")
 # public functions -> the module that defines them (imported on first use)
 _FUNCTIONS = {
     "blocks": "freezing", "freeze": "freezing", "trainable_summary": "freezing", "frozen_depth": "freezing",
@@ -45,3 +45,16 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+def _show_checks_kindly() -> None:
+    """In a notebook, otter's check results read as ftlab.feedback writes them (one message each)."""
+    import sys
+
+    if "IPython" in sys.modules:  # only where IPython already runs: plain `python` pays nothing
+        from .feedback import install
+
+        install()
+
+
+_show_checks_kindly()
