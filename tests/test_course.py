@@ -7,7 +7,13 @@ just made, in parallel (one grading process per CPU core, one thread each):
   solution   the solution notebook (with its check cells): full marks on every autograded question;
   untouched  the committed student notebook, answers left at `...`: zero on every autograded
              question, and no cell raises;
-  wrong      the solution with the lesson's one deliberate mistake: exactly that question loses points.
+  wrong      the solution with the lesson's one deliberate mistake: exactly that question loses points;
+  trivial    the trivially wrong answers (empty, constant, copied from the prose, wrong type): the
+             solution is executed once, then each one's answer cell is re-run in place with it, the
+             question's tests (public and hidden) run, and it must score zero; the original cell is
+             re-run before the next (cells after the answer are not re-run: tests must see the answer
+             through the answer cell's own variables). Every autograded question needs at least one, and
+             each replaces the question's whole answer (every value it asks for).
 
 The deliberate mistake is declared in the source notebook's metadata, next to the lesson it breaks:
 
@@ -15,7 +21,9 @@ The deliberate mistake is declared in the source notebook's metadata, next to th
       "question": "probe_setup",                                        # the question that must lose points
       "find": "ftlab.freeze(model, len(ftlab.blocks(model)))",          # text of the solution (exactly once)
       "replace": "ftlab.freeze(model, 4)",                              # what a learner wrongly wrote
-      "why": "freezes only 4 of the 5 blocks"}}}                       # for the reader
+      "why": "freezes only 4 of the 5 blocks"},                        # for the reader
+    "trivial_answers": [{"question": "probe_setup", "kind": "empty",   # kind: empty, constant,
+                         "find": "...", "replace": "...", "why": "..."}]}}  # copied or wrong_type
 
 Also checked without grading: the committed student notebooks are what `make assign` makes now,
 hidden tests and solutions never reach them, and each lesson follows the course conventions (Colab
@@ -126,6 +134,98 @@ def _with_wrong_answer(solution: Path, spec: dict, target: Path) -> Path:
     return target
 
 
+TRIVIAL_KINDS = ("empty", "constant", "copied", "wrong_type")
+
+
+def _trivial_answers(lesson: str) -> list[dict]:
+    meta = json.loads((course.SOURCE / f"{lesson}.ipynb").read_text())["metadata"].get("ftlab", {})
+    entries = meta.get("trivial_answers")
+    form = ('"ftlab": {"trivial_answers": [{"question": ..., "kind": ..., "find": ..., "replace": ..., "why": ...}]} '
+            f"with kind one of {TRIVIAL_KINDS} (see tests/test_course.py)")
+    if not isinstance(entries, list) or not entries:
+        raise AssertionError(f"{lesson} declares no trivially wrong answers: add to the source notebook's metadata {form}")
+    for entry in entries:
+        if not (isinstance(entry, dict) and {"question", "kind", "find", "replace"} <= set(entry)
+                and entry["kind"] in TRIVIAL_KINDS):
+            raise AssertionError(f"{lesson}: a trivial answer {entry!r} is not of the form {form}")
+    return entries
+
+
+# Runs after the solution's last cell, in its kernel: each trivial answer's cell re-run with the
+# replacement, the question's test file (hidden cases included) run on the kernel's globals, the
+# original cell re-run. Names start with _ftlab_probe_ so no lesson variable is touched.
+_PROBE_CELL = """
+import contextlib as _ftlab_probe_contextlib, io as _ftlab_probe_io, json as _ftlab_probe_json
+from otter.test_files import ExceptionTestFile as _ftlab_probe_TestFile
+
+def _ftlab_probe_run(source):
+    try:
+        with _ftlab_probe_contextlib.redirect_stdout(_ftlab_probe_io.StringIO()):
+            exec(compile(get_ipython().transform_cell(source), "<answer cell>", "exec"), globals())
+    except BaseException as error:
+        return f"{type(error).__name__}: {error}"
+
+_ftlab_probe_results = []
+for _ftlab_probe_entry in _ftlab_probe_json.loads(%r):
+    _ftlab_probe_error = _ftlab_probe_run(_ftlab_probe_entry["modified"])
+    _ftlab_probe_test = _ftlab_probe_TestFile.from_file("tests/" + _ftlab_probe_entry["question"] + ".py")
+    _ftlab_probe_test.run(globals())
+    _ftlab_probe_results.append({"score": _ftlab_probe_test.score, "possible": _ftlab_probe_test.possible,
+                                 "cell_error": _ftlab_probe_error, "summary": _ftlab_probe_test.summary()})
+    _ftlab_probe_restore = _ftlab_probe_run(_ftlab_probe_entry["original"])
+    assert _ftlab_probe_restore is None, "re-running the original answer cell failed: " + _ftlab_probe_restore
+with open(%r, "w") as _ftlab_probe_file:
+    _ftlab_probe_json.dump(_ftlab_probe_results, _ftlab_probe_file)
+"""
+
+
+def _probe_notebook(solution: Path, entries: list[dict], target: Path, out: Path) -> Path:
+    """The solution notebook with one last cell that grades each trivial answer in place."""
+    notebook = json.loads(solution.read_text())
+    probes = []
+    for entry in entries:
+        hits = [cell for cell in notebook["cells"] if entry["find"] in "".join(cell["source"])]
+        found = sum("".join(cell["source"]).count(entry["find"]) for cell in hits)
+        if found != 1:
+            raise AssertionError(f"{solution.name}: trivial answer find {entry['find']!r} occurs {found} times in "
+                                 "the solution notebook; it must occur exactly once")
+        original = "".join(hits[0]["source"])
+        probes.append({"question": entry["question"], "original": original,
+                       "modified": original.replace(entry["find"], entry["replace"])})
+    notebook["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                              "source": _PROBE_CELL % (json.dumps(probes), str(out))})
+    target.write_text(json.dumps(notebook))
+    return target
+
+
+def _probe_here(notebook: str, workdir: str) -> None:
+    """Execute the probe notebook in a fresh kernel in `workdir` (where its tests/ folder is)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=GRADE_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": workdir}}).execute()
+
+
+def _probe(made: "course.Assigned", entries: list[dict], work: Path, threads: int) -> list[dict]:
+    import zipfile
+
+    with zipfile.ZipFile(made.autograder) as bundle:
+        for name in bundle.namelist():
+            if name.startswith("tests/") and name.endswith(".py"):
+                (work / "tests").mkdir(exist_ok=True)
+                (work / name).write_bytes(bundle.read(name))
+    out = work / "trivial.json"
+    notebook = _probe_notebook(made.solution, entries, work / made.solution.name, out)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg")
+    done = subprocess.run([sys.executable, __file__, "probe", str(notebook), str(work)], env=env, cwd=work,
+                          capture_output=True, text=True, timeout=GRADE_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"running the trivial answers of {made.lesson} failed:\n{done.stdout[-3000:]}\n"
+                           f"{done.stderr[-3000:]}")
+    return [dict(entry, **result) for entry, result in zip(entries, json.loads(out.read_text()))]
+
+
 def assign_all(folder: Path) -> dict[str, course.Assigned]:
     """Every lesson assigned into `folder`, as `make assign` would."""
     return {lesson: course.assign(course.SOURCE / f"{lesson}.ipynb", notebooks=folder / "notebooks",
@@ -153,6 +253,14 @@ class Course:
                     made.solution, _wrong_answer(lesson), folder / "wrong" / f"{lesson}.ipynb")
             except AssertionError as error:
                 self.gradings[lesson, "wrong"] = _failed(error)
+            try:
+                entries = _trivial_answers(lesson)
+            except AssertionError as error:
+                self.gradings[lesson, "trivial"] = _failed(error)
+            else:
+                work = folder / "graded" / f"{lesson}-trivial"
+                work.mkdir(parents=True)
+                self.gradings[lesson, "trivial"] = self.pool.submit(_probe, made, entries, work, threads)
             for i in range(1, repeats(lesson)):
                 submissions[f"solution-{i}"] = made.solution
             for kind, notebook in submissions.items():
@@ -292,6 +400,22 @@ def test_one_wrong_answer_loses_only_its_points(graded, lesson):
     assert not others, f"other questions lose points too: {_table(result)}"
 
 
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_trivially_wrong_answers_score_zero(graded, lesson):
+    probed = graded.result(lesson, "trivial")
+    questions = set(_autograded(graded.result(lesson, "solution")))
+    named = {entry["question"] for entry in probed}
+    problems = [f"trivial answers name {sorted(named - questions)}; the autograded questions are {sorted(questions)}"
+                ] if named - questions else []
+    if questions - named:
+        problems.append(f"autograded questions without a trivially wrong answer: {sorted(questions - named)}")
+    problems += [f"{e['question']} ({e['kind']}: {e['replace']!r}) scores {e['score']:g}/{e['possible']:g}"
+                 + (f" [its cell raised {e['cell_error']}]" if e["cell_error"] else "")
+                 for e in probed if e["score"] != 0]
+    assert not problems, ("trivially wrong answers (each must score 0 on its whole question: replace every "
+                          "value the question asks for):\n" + "\n".join(problems))
+
+
 @pytest.mark.parametrize("lesson", REPEATED)
 def test_grading_is_deterministic(graded, lesson):
     assert repeats(lesson) >= 2, f"FTLAB_COURSE_REPEAT={_REPEAT_ALL}: grade at least twice to compare"
@@ -302,3 +426,5 @@ def test_grading_is_deterministic(graded, lesson):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["grade"]:
     _grade_here(*sys.argv[2:5])
+elif __name__ == "__main__" and sys.argv[1:2] == ["probe"]:
+    _probe_here(*sys.argv[2:4])
