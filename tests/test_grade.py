@@ -327,13 +327,13 @@ def test_grading_that_cannot_run_exits_one_with_a_clear_message(assignment, tmp_
 def test_process_isolation_still_undoes_tampering_with_ok_format_tests(ok_assignment, tmp_path):
     folder = class_spec.build_class(ok_assignment["student"], tmp_path / "class",
                                     names=["correct", "tamper_otter", "tamper_ftlab", "lies_about_values",
-                                           "replaces_ftlab_modules", "rewrites_results"])
+                                           "replaces_ftlab_modules", "rewrites_results", "patches_libraries"])
     done = _cli(str(folder), "--autograder", str(ok_assignment["zip"]), "--out", str(tmp_path / "out"),
                 "--isolation", "process", "--jobs", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _csv(tmp_path / "out" / "grades.csv")
     expected = {"correct": "5", "tamper_otter": "1", "tamper_ftlab": "4", "lies_about_values": "2",
-                "replaces_ftlab_modules": "4", "rewrites_results": "5"}
+                "replaces_ftlab_modules": "4", "rewrites_results": "5", "patches_libraries": "1"}
     assert {k: r["total"] for k, r in rows.items()} == expected
     assert "[ ] no network" in done.stdout  # the summary says what is off
     # the detached process that gives every result file 5/5 died with its grading, and what it
