@@ -196,7 +196,8 @@ def build(repo_url: str, out: str | Path, *, branch: str = "main", root: str | P
     if not lessons:
         raise ValueError(f"{root / 'notebooks'} has no student notebooks: run `make assign` first")
 
-    stale = [path.name for path in lessons if _colab_cell(path) != _colab_cell(root / "notebooks" / "source" / path.name)]
+    stale = [path.name for path in lessons if (root / "notebooks" / "source" / path.name).exists()
+             and _colab_cell(path) != _colab_cell(root / "notebooks" / "source" / path.name)]  # 00_setup has none
     if stale:
         raise RuntimeError(f"the student notebooks {stale} have another Colab cell than their source in "
                            f"notebooks/source/: run `make assign` first")

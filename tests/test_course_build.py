@@ -110,7 +110,7 @@ def run_colab_cell(source: str, monkeypatch) -> list[list[str]]:
 
 
 def test_the_committed_colab_cell_stops_and_says_what_to_set(monkeypatch):
-    for source in SOURCES:
+    for source in [*SOURCES, ROOT / "notebooks" / "00_setup.ipynb"]:
         with pytest.raises(RuntimeError, match=r"FTLAB_GIT_URL \(above\) is still the placeholder: set it to the git URL"):
             run_colab_cell(cells(source)[0], monkeypatch)
 
@@ -123,6 +123,14 @@ def test_the_built_colab_cell_clones_the_course_and_installs_it(built, monkeypat
     assert install == [sys.executable, "-m", "ftlab.course", "colab-install", "/content/ftlab"]
     assert options == {"cwd": "/content/ftlab", "check": True}
     assert prepare == ["prepare", lesson, "/content/ftlab"]
+
+
+def test_the_setup_notebook_on_colab_installs_ftlab_and_its_data_without_a_lesson(built, monkeypatch):
+    calls = run_colab_cell(cells(built.out / "notebooks" / "00_setup.ipynb")[0], monkeypatch)
+    (clone, _), (install, _), (setup, options) = calls
+    assert clone[-2:] == [URL + ".git", "/content/ftlab"]
+    assert install == [sys.executable, "-m", "ftlab.course", "colab-install", "/content/ftlab"]
+    assert setup == [sys.executable, "-m", "ftlab", "setup"] and options == {"check": True}
 
 
 def test_outside_colab_the_cell_does_nothing(monkeypatch):

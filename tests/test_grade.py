@@ -327,17 +327,53 @@ def test_grading_that_cannot_run_exits_one_with_a_clear_message(assignment, tmp_
 def test_process_isolation_still_undoes_tampering_with_ok_format_tests(ok_assignment, tmp_path):
     folder = class_spec.build_class(ok_assignment["student"], tmp_path / "class",
                                     names=["correct", "tamper_otter", "tamper_ftlab", "lies_about_values",
-                                           "replaces_ftlab_modules"])
+                                           "replaces_ftlab_modules", "rewrites_results", "patches_libraries"])
     done = _cli(str(folder), "--autograder", str(ok_assignment["zip"]), "--out", str(tmp_path / "out"),
                 "--isolation", "process", "--jobs", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _csv(tmp_path / "out" / "grades.csv")
-    assert {k: r["total"] for k, r in rows.items()} == {"correct": "5", "tamper_otter": "1", "tamper_ftlab": "4",
-                                                       "lies_about_values": "2", "replaces_ftlab_modules": "4"}
+    expected = {"correct": "5", "tamper_otter": "1", "tamper_ftlab": "4", "lies_about_values": "2",
+                "replaces_ftlab_modules": "4", "rewrites_results": "5", "patches_libraries": "1"}
+    assert {k: r["total"] for k, r in rows.items()} == expected
     assert "[ ] no network" in done.stdout  # the summary says what is off
+    # the detached process that gives every result file 5/5 died with its grading, and what it
+    # rewrote meanwhile was put back: each results/*.json says what the CSV says, also a while later
+    time.sleep(1.0)
+    for path in (tmp_path / "out" / "results").glob("*.json"):
+        meta = json.loads(path.read_text())["ftlab"]
+        assert f"{meta['total']:g}" == expected[meta["learner"]], (path.name, meta["total"])
 
 
 # --- the parts, without a kernel ---------------------------------------------------------------
+
+ORPHANS = r"""
+import os, subprocess, sys, time
+from ftlab.grade import sandbox
+NAP = [sys.executable, "-c", "import signal; signal.pause()"]  # waits for a signal, not for a clock
+own = subprocess.Popen(NAP)                        # the caller's own child, started before grading
+time.sleep(0.1)
+sandbox._adopt_orphans()
+LEAVE = f"import subprocess as s; print(s.Popen({NAP!r}, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"
+left = subprocess.run([sys.executable, "-c", LEAVE], capture_output=True, text=True)
+orphan = int(left.stdout)                          # its parent is gone: adopted by this process
+time.sleep(0.2)
+killed = sandbox._kill_orphans()
+try:
+    os.kill(orphan, 0)
+    alive = True
+except ProcessLookupError:
+    alive = False
+print(killed, alive, own.poll() is None)
+own.kill()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
+def test_orphans_a_notebook_leaves_are_killed_and_the_callers_own_children_spared():
+    done = subprocess.run([sys.executable, "-c", ORPHANS], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "False", "True"]
+
 
 def test_lesson_autograder_is_found_by_its_two_digit_prefix_newest_first(tmp_path):
     folder = tmp_path / "build" / "autograder"

@@ -166,6 +166,7 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     subs = [s for s in everyone if shard.holds(s.learner)] if shard else everyone
     meta = {"autograder": str(ag.path), "autograder_sha256": ag.sha256, "grader_version": GRADER_VERSION}
     results: dict[str, SubmissionResult] = {}
+    written: dict[Path, str] = {}  # every result file this run wrote, as written
     to_run: list[Submission] = []
     kept_count = 0
     for sub in subs:
@@ -179,7 +180,8 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
         reason = precheck(sub, ag.assignment_name)
         if reason:
             result = zero_result(sub, ag, "rejected", reason)
-            write_result(path, result, otter_results({}, dict.fromkeys(ag.questions, reason), ag), meta)
+            written[path] = write_result(path, result, otter_results({}, dict.fromkeys(ag.questions, reason), ag),
+                                         meta)
             results[sub.learner] = result
         else:
             to_run.append(sub)
@@ -236,7 +238,8 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
                 write_atomic(out / "notebooks" / f"{slug(sub.learner)}.ipynb", outcome.result["notebook"])
             if result.status != "grader-error":  # a grader error is retried next time
                 otter = otter or otter_results({}, dict.fromkeys(ag.questions, result.reason), ag)
-                write_result(out / "results" / f"{slug(sub.learner)}.json", result, otter, meta)
+                path = out / "results" / f"{slug(sub.learner)}.json"
+                written[path] = write_result(path, result, otter, meta)
             shutil.rmtree(staging, ignore_errors=True)
             return result
         except Exception as error:  # noqa: BLE001 - one submission's trouble never stops the batch
@@ -274,6 +277,10 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
             "the rest would be graded by different code; results so far are kept: run the same command again "
             "to grade the rest with the new code")
     ordered = [results[s.learner] for s in subs if s.learner in results]
+    changed = _write_again_if_changed(written)
+    if changed:
+        notes.append(f"{len(changed)} result file(s) changed after they were written (by a notebook graded later: "
+                     f"{', '.join(p.name for p in changed[:5])}); written again from the grades")
     questions = list(ag.questions)
     report_name = f"ftlab grade: {ag.assignment_name or ag.path.name}"
     write_csv(out / "grades.csv", ordered, questions)
@@ -283,6 +290,23 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
                        questions=dict(ag.questions), report_name=report_name, grader_version=GRADER_VERSION)
     return BatchReport(ordered, questions, chosen, limits, time.monotonic() - started,
                        len(to_run), out, notes + list(ag.notes) + [f"isolation: {n}" for n in chosen.notes])
+
+
+def _write_again_if_changed(written: dict[Path, str]) -> list[Path]:
+    """Without namespaces a notebook can write anywhere the grader can, other learners' result files
+    included: each file is put back as the grader wrote it. Returns those that had changed."""
+    from .reports import write_atomic
+
+    changed = []
+    for path, text in written.items():
+        try:
+            same = path.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            write_atomic(path, text)
+            changed.append(path)
+    return changed
 
 
 def format_report(report: BatchReport) -> str:

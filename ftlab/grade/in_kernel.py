@@ -48,7 +48,7 @@ def cell_source(call: str) -> str:
             "del _ftlab_builtins, _ftlab_space\n")
 
 
-def _ftlab_before(nonce, seed, quiet_otter):
+def _ftlab_before(nonce, seed, quiet_otter, libraries=()):
     import builtins
     import linecache
     import random
@@ -58,6 +58,7 @@ def _ftlab_before(nonce, seed, quiet_otter):
     vault = types.ModuleType("_ftlab_" + nonce)
     vault.builtins = dict(vars(builtins))
     vault.meta_path, vault.path_hooks, vault.path = list(sys.meta_path), list(sys.path_hooks), list(sys.path)
+    vault.libraries = _ftlab_snapshot_libraries(libraries)
     sys.modules[vault.__name__] = vault
     # jsonschema (under nbformat, under otter) imports this optional package for the `iri` string
     # format, which no notebook uses; importing it takes 1.3 s of every submission's time
@@ -80,6 +81,122 @@ def _ftlab_before(nonce, seed, quiet_otter):
     for key in [k for k, entry in linecache.cache.items()
                 if len(entry) > 2 and any(nonce in line for line in entry[2])]:
         del linecache.cache[key]  # this cell's source names the vault
+
+
+def _ftlab_is_code(value):
+    """Whether a library attribute is code (what a patch replaces), not data a library may rebind."""
+    import types
+
+    return isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type,
+                              staticmethod, classmethod, property, types.MethodDescriptorType,
+                              types.WrapperDescriptorType))
+
+
+def _ftlab_library_function(value):
+    """`_ftlab_function_of` for any library attribute (some answer every attribute lookup, or raise)."""
+    import types
+
+    if not isinstance(value, (types.FunctionType, staticmethod, classmethod, property)) and not callable(value):
+        return None
+    try:
+        return _ftlab_function_of(value)
+    except BaseException:  # noqa: BLE001 - a proxy object whose __getattr__ raises
+        return None
+
+
+def _ftlab_snapshot_libraries(libraries):
+    """Before the learner's first cell: the code of the library modules the tests use (dotted names
+    from the runner; their top-level packages are imported now): each module's functions and classes,
+    each class's methods, and each function's code object, defaults and keyword defaults.
+    `_ftlab_restore_libraries` puts back what changed."""
+    import importlib
+    import sys
+    import types
+    import warnings
+
+    for top in sorted({name.split(".")[0] for name in libraries}):
+        try:
+            importlib.import_module(top)
+        except BaseException:  # noqa: BLE001 - not installed here: the tests will say so
+            pass
+    tops = {name.split(".")[0] for name in libraries}
+    modules, functions = {}, {}
+
+    def keep(value):
+        for function in {value if isinstance(value, types.FunctionType) else None, _ftlab_library_function(value)}:
+            if function is not None:
+                functions[id(function)] = (function, function.__code__, function.__defaults__,
+                                           function.__kwdefaults__)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated attributes warn when touched
+        for key in libraries:
+            module = sys.modules.get(key)
+            if not isinstance(module, types.ModuleType):
+                continue  # an attribute, not a module, or never imported
+            space = {k: v for k, v in vars(module).items() if _ftlab_is_code(v)}
+            classes = {}
+            for attr, value in space.items():
+                keep(value)
+                if isinstance(value, type) and str(vars(value).get("__module__", "")).split(".")[0] in tops:
+                    members = {k: v for k, v in vars(value).items() if _ftlab_is_code(v)}
+                    classes[attr] = (value, members, frozenset(vars(value)))
+                    for member in members.values():
+                        keep(member)
+            modules[key] = (module, space, classes, frozenset(vars(module)))
+    return modules, list(functions.values())
+
+
+def _ftlab_restore_libraries(vault, notes):
+    """Put back the library code the notebook replaced, added to or changed in place (a patched pandas
+    method, `math.isclose = lambda *a, **k: True`, a function's `__code__`), before the tests run."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated attributes warn when touched
+        changed = _ftlab_put_back(*getattr(vault, "libraries", ({}, [])))
+    if changed:
+        shown = sorted(set(changed))
+        notes.append("tampering: the notebook changed libraries the tests use; put back: " + ", ".join(shown[:8])
+                     + (f" and {len(shown) - 8} more" if len(shown) > 8 else ""))
+
+
+def _ftlab_put_back(modules, functions):
+    missing, changed = object(), []
+    for key, (module, space, classes, names) in modules.items():
+        current = vars(module)
+        for attr, value in space.items():
+            if current.get(attr, missing) is not value:
+                current[attr] = value
+                changed.append(f"{key}.{attr}")
+        for attr in current.keys() - names:  # added since (libraries add lazily too: only the notebook's go)
+            function = _ftlab_library_function(current[attr])
+            if function is not None and function.__module__ in ("__main__", None):
+                del current[attr]  # the notebook's own function put into a library
+                changed.append(f"{key}.{attr}")
+        for name, (cls, members, member_names) in classes.items():
+            now = vars(cls)
+            for attr, value in members.items():
+                if now.get(attr, missing) is not value:
+                    try:
+                        setattr(cls, attr, value)
+                        changed.append(f"{key}.{name}.{attr}")
+                    except (TypeError, AttributeError):
+                        pass
+            for attr in now.keys() - member_names:
+                function = _ftlab_library_function(now[attr])
+                if function is not None and function.__module__ in ("__main__", None):
+                    try:
+                        delattr(cls, attr)
+                        changed.append(f"{key}.{name}.{attr}")
+                    except (TypeError, AttributeError):
+                        pass
+    for function, code, defaults, kwdefaults in functions:
+        if function.__code__ is not code or function.__defaults__ is not defaults \
+                or function.__kwdefaults__ is not kwdefaults:
+            function.__code__, function.__defaults__, function.__kwdefaults__ = code, defaults, kwdefaults
+            changed.append(f"{function.__module__}.{function.__qualname__}")
+    return changed
 
 
 def _ftlab_restore_interpreter(nonce, notes):
@@ -109,6 +226,7 @@ def _ftlab_restore_interpreter(nonce, notes):
             hooks[:] = [h for h in original] + [h for h in hooks if h not in original and h not in mine]
     sys.path_importer_cache.clear()
     importlib.invalidate_caches()
+    _ftlab_restore_libraries(vault, notes)
     current = vars(builtins)
     restored = []
     for name, original in vault.builtins.items():

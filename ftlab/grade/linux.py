@@ -18,7 +18,7 @@ import socket
 import struct
 
 __all__ = ["mount_tmpfs", "bind", "hide_file", "remount_read_only", "loopback_up", "die_with_parent",
-           "no_new_privileges", "drop_capabilities", "drop_to_user"]
+           "no_new_privileges", "drop_capabilities", "drop_to_user", "become_subreaper", "children", "seconds_since_boot"]
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC = 0x20, 0x1000, 0x4000
@@ -27,7 +27,7 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
 # of the mount it remounts, or the kernel answers EPERM
 _ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME,
              2048: MS_NODIRATIME, 4096: MS_RELATIME}
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -115,3 +115,32 @@ def drop_to_user(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+
+
+def become_subreaper() -> None:
+    """Processes orphaned below this one (a notebook's detached children) become this process's
+    children, not init's: the grader can then find and kill what a notebook left running."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def children(pid: int, *, started_after: float = 0.0) -> list[int]:
+    """The processes whose parent is `pid` now and that started `started_after` seconds after boot or
+    later (from /proc; those that vanish meanwhile are skipped)."""
+    found, ticks = [], os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except OSError:
+            continue
+        if int(fields[1]) == pid and int(fields[19]) / ticks >= started_after:
+            found.append(int(entry))
+    return found
+
+
+def seconds_since_boot() -> float:
+    """The clock of /proc/<pid>/stat's start times."""
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0])

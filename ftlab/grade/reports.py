@@ -62,13 +62,16 @@ def write_atomic(path: Path, text: str) -> None:
     paths.write_atomic(path, text.encode("utf-8"), mode=0o600)
 
 
-def write_result(path: Path, result: SubmissionResult, otter: dict, meta: dict) -> None:
-    """otter's results dict, plus an "ftlab" section: learner, hashes, status, reason, scores."""
+def write_result(path: Path, result: SubmissionResult, otter: dict, meta: dict) -> str:
+    """otter's results dict, plus an "ftlab" section: learner, hashes, status, reason, scores.
+    Returns the text written (the batch keeps it, to undo any later change by a notebook)."""
     document = dict(otter)
     document["ftlab"] = {**meta, "learner": result.learner, "origin": result.origin, "sha256": result.sha256,
                          "status": result.status, "reason": result.reason, "scores": result.scores,
                          "possible": result.possible, "total": result.total, "seconds": round(result.seconds, 2)}
-    write_atomic(path, json.dumps(document, indent=1, ensure_ascii=False))
+    text = json.dumps(document, indent=1, ensure_ascii=False)
+    write_atomic(path, text)
+    return text
 
 
 def read_result(path: Path) -> tuple[SubmissionResult, dict] | None:

@@ -241,6 +241,27 @@ def _collect_checkpoints(checkpoints, results_dir: Path, nonce: str, deadline: f
     return tests, missing, notes
 
 
+_IMPORT = re.compile(r"(?:^|>>>|;)[ \t]*(?:from|import)[ \t]+([A-Za-z_][\w.]*)", re.M)
+_HANDLED_APART = {"ftlab", "otter", "doctest", "__future__"}  # re-imported or checked by their own rules
+
+
+def libraries_of(tests: dict[str, str]) -> list[str]:
+    """The library modules the test files use: what they import (in doctests too) and the dotted
+    names under those libraries they mention (`torch.nn.functional.cross_entropy`). Their code is
+    snapshotted before the learner's first cell and put back before the tests
+    (in_kernel._ftlab_restore_libraries); the kernel keeps the names that are modules."""
+    text = "\n".join(tests.values())
+    imported = {name for name in _IMPORT.findall(text) if name.split(".")[0] not in _HANDLED_APART}
+    tops = {name.split(".")[0] for name in imported}
+    mentioned = set(re.findall(r"\b(?:%s)(?:\.[A-Za-z_]\w*)+" % "|".join(map(re.escape, sorted(tops))), text)) \
+        if tops else set()
+    dotted = set()
+    for name in imported | mentioned:
+        parts = name.split(".")
+        dotted |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
+    return sorted(dotted)
+
+
 def grader_code() -> dict:
     """Where the grader's own code lives, for the checks in the kernel: ftlab's folder (the tests import
     ftlab from there, whatever sys.modules holds), and the folders installed code is loaded from (a
@@ -263,7 +284,8 @@ def grade_notebook(job: Job, tests: dict[str, str], staging_fd: int, ftlab_home_
     cells = _learner_cells(notebook, job.config)
     nonce = secrets.token_hex(16)
     tests_dir, results_dir = base / f".tests-{nonce}", base / f".results-{nonce}"  # made after the last cell
-    before = nbformat.v4.new_code_cell(cell_source(f"_ftlab_before({nonce!r}, {job.seed!r}, {job.quiet_otter!r})"))
+    before = nbformat.v4.new_code_cell(cell_source(
+        f"_ftlab_before({nonce!r}, {job.seed!r}, {job.quiet_otter!r}, {libraries_of(tests)!r})"))
     run_nb = nbformat.v4.new_notebook(cells=[before] + [cell for _, cell in cells])
     run_nb.metadata = notebook.metadata
     client = _client_class()(run_nb, kernel_name=KERNEL_NAME, allow_errors=True, interrupt_on_timeout=True,

@@ -11,7 +11,9 @@ Protections, strongest first (`probe_isolation` tries them and keeps the first t
   runs without capabilities.
 - process: a separate process with the same limits and clean environment, nothing more.
 Always: memory limit (RLIMIT_DATA in the runner), wall-clock limit (the process group is killed),
-environment without the grader's secrets, hidden tests absent until the notebook's last cell ran.
+environment without the grader's secrets, hidden tests absent until the notebook's last cell ran, and
+(Linux) nothing a notebook left running outlives its grading, even detached in its own session: the
+grader adopts orphans (PR_SET_CHILD_SUBREAPER) and kills them when the sandbox ends (`_kill_orphans`).
 """
 from __future__ import annotations
 
@@ -118,6 +120,52 @@ def _command(isolation: Isolation, staging: Path, result_fd: int) -> list[str]:
 
 _RUNNING: set[int] = set()  # process groups of the sandboxes running now
 _RUNNING_LOCK = threading.Lock()
+# whether this process adopts orphans (Linux: PR_SET_CHILD_SUBREAPER), and since when (seconds after
+# boot): children started before are the caller's own (a notebook server, say), never killed
+_REAPING = {"on": False, "since": 0.0}
+
+
+def _adopt_orphans() -> None:
+    """From now on what a notebook leaves running is re-parented to the grader (see `_kill_orphans`)."""
+    if not _REAPING["on"] and sys.platform.startswith("linux"):
+        from .linux import become_subreaper, seconds_since_boot
+
+        try:
+            _REAPING["since"] = seconds_since_boot() - 0.02  # start times are in clock ticks (1/100 s)
+            become_subreaper()
+            _REAPING["on"] = True
+        except OSError:  # very old kernels: the pid namespace (or nothing, in process mode) must do
+            pass
+
+
+def _kill_orphans(rounds: int = 50) -> int:
+    """Kill the grader's children that are not sandboxes it runs now: processes a notebook started and
+    left behind (detached, in their own session), adopted when their parent died. Without a pid
+    namespace nothing else would stop them; they could rewrite other learners' results. Returns how
+    many were killed. Killing one orphans its children in turn, so this repeats until none is left."""
+    if not _REAPING["on"]:
+        return 0
+    from .linux import children
+
+    killed = 0
+    for _ in range(rounds):
+        with _RUNNING_LOCK:  # a sandbox being started is in _RUNNING before this can see it
+            strays = [pid for pid in children(os.getpid(), started_after=_REAPING["since"]) if pid not in _RUNNING]
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for pid in strays:
+            try:
+                os.waitpid(pid, 0)  # adopted, so ours to reap
+            except ChildProcessError:
+                pass
+        killed += len(strays)
+        if not strays:
+            break
+        time.sleep(0.01)
+    return killed
 
 
 def kill_running() -> None:
@@ -128,6 +176,7 @@ def kill_running() -> None:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    _kill_orphans()  # and what they left running, before the grader exits and init adopts it
 
 
 def _tail(path: Path, size: int = 3000) -> str:
@@ -143,16 +192,17 @@ def run_sandbox(staging: Path, tests: dict[str, str], *, isolation: Isolation, t
                 env: dict[str, str], log: Path) -> Outcome:
     """Run the runner on `staging` (job.json, submission, files), feeding it `tests` through stdin."""
     started = time.monotonic()
+    _adopt_orphans()
     read_end, write_end = os.pipe()
     with open(log, "wb") as log_file:
         try:
-            process = subprocess.Popen(_command(isolation, staging, write_end), stdin=subprocess.PIPE,
-                                       stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(write_end,),
-                                       start_new_session=True, env=env, cwd=staging)
+            with _RUNNING_LOCK:  # started and registered at once: `_kill_orphans` never sees it unregistered
+                process = subprocess.Popen(_command(isolation, staging, write_end), stdin=subprocess.PIPE,
+                                           stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(write_end,),
+                                           start_new_session=True, env=env, cwd=staging)
+                _RUNNING.add(process.pid)
         finally:
             os.close(write_end)
-        with _RUNNING_LOCK:
-            _RUNNING.add(process.pid)
 
         def feed():
             try:
@@ -188,6 +238,7 @@ def run_sandbox(staging: Path, tests: dict[str, str], *, isolation: Isolation, t
             returncode = process.wait()
         with _RUNNING_LOCK:
             _RUNNING.discard(process.pid)
+    _kill_orphans()  # what it left running dies with its grading, as in a pid namespace
     try:
         result = json.loads(b"".join(chunks)) if chunks and not timed_out else None
     except json.JSONDecodeError:

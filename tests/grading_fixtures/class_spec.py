@@ -185,6 +185,35 @@ grading.assert_in_band = lambda *args, **kwargs: None
 sys.modules["ftlab.grading"] = ftlab.grading = grading
 '''
 
+# a library function the hidden tests use, patched to agree with everything (the tests' own imports
+# find the patched module: sys.modules is the notebook's)
+PATCHES_LIBRARIES = r'''
+import math
+math.isclose = lambda *args, **kwargs: True
+'''
+
+# a process left running, detached in its own session, that gives every result file it finds full
+# marks; without a pid namespace only the grader's adopting and killing orphans stops it
+REWRITES_RESULTS = r'''
+import subprocess, sys
+LOOP = """
+import glob, json, time
+end = time.time() + 60
+while time.time() < end:
+    for path in glob.glob("/tmp/**/results/*.json", recursive=True):
+        try:
+            document = json.load(open(path))
+            if document["ftlab"]["total"] != 5:
+                document["ftlab"].update(total=5, scores={"q1": 1, "q2": 2, "q3": 2})
+                open(path, "w").write(json.dumps(document))
+        except Exception:
+            pass
+    time.sleep(0.1)
+"""
+subprocess.Popen([sys.executable, "-c", LOOP], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+'''
+
 IGNORES_INTERRUPTS = r'''
 import time
 while True:
@@ -237,6 +266,10 @@ SUBMISSIONS = {
                              reason="values refused for the tests"),
     "replaces_ftlab_modules": dict(answers=[RIGHT[0], RIGHT[1], WRONG[2]], first=REPLACES_FTLAB_MODULES,
                                    scores=(1, 2, 1), status="graded", reason="not ftlab's own"),
+    "patches_libraries": dict(answers=WRONG, first=PATCHES_LIBRARIES, scores=(0, 0, 1), status="graded",
+                              reason="changed libraries the tests use"),
+    "rewrites_results": dict(answers=RIGHT, first=REWRITES_RESULTS, last="import time\ntime.sleep(3)",
+                             scores=(1, 2, 2), status="graded"),
     # a spreadsheet formula as a file name, and an error message that is one: graded, shown as text
     "=HYPERLINK(1+2)": dict(answers=RIGHT, last='raise ValueError("=1+2")', scores=(1, 2, 2), status="graded",
                             reason="ValueError: =1+2"),
