@@ -166,7 +166,7 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
     subs = [s for s in everyone if shard.holds(s.learner)] if shard else everyone
     meta = {"autograder": str(ag.path), "autograder_sha256": ag.sha256, "grader_version": GRADER_VERSION}
     results: dict[str, SubmissionResult] = {}
-    written: dict[Path, str] = {}  # every result file this run wrote, as written
+    written: dict[Path, str] = {}  # every result file this run wrote or kept, as it was then
     to_run: list[Submission] = []
     kept_count = 0
     for sub in subs:
@@ -175,6 +175,7 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
         if kept and kept[0].sha256 == sub.sha256 and kept[1].get("autograder_sha256") == ag.sha256 \
                 and kept[1].get("grader_version") == GRADER_VERSION and kept[0].status != "grader-error":
             results[sub.learner] = kept[0]
+            written[path] = path.read_text(encoding="utf-8")  # kept as read: a later notebook cannot change it
             kept_count += 1
             continue
         reason = precheck(sub, ag.assignment_name)

@@ -114,10 +114,10 @@ def _ftlab_snapshot_libraries(libraries):
     import types
     import warnings
 
-    for top in sorted({name.split(".")[0] for name in libraries}):
+    for name in libraries:  # every dotted name: a submodule imported later (sklearn.metrics) is covered too
         try:
-            importlib.import_module(top)
-        except BaseException:  # noqa: BLE001 - not installed here: the tests will say so
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - not installed, or an attribute (math.isclose), not a module
             pass
     tops = {name.split(".")[0] for name in libraries}
     modules, functions = {}, {}
@@ -143,7 +143,7 @@ def _ftlab_snapshot_libraries(libraries):
                     classes[attr] = (value, members, frozenset(vars(value)))
                     for member in members.values():
                         keep(member)
-            modules[key] = (module, space, classes, frozenset(vars(module)))
+            modules[key] = (module, space, classes, frozenset(vars(module)), type(module))
     return modules, list(functions.values())
 
 
@@ -162,8 +162,16 @@ def _ftlab_restore_libraries(vault, notes):
 
 
 def _ftlab_put_back(modules, functions):
+    import sys
+
     missing, changed = object(), []
-    for key, (module, space, classes, names) in modules.items():
+    for key, (module, space, classes, names, kind) in modules.items():
+        if sys.modules.get(key) is not module:  # a stand-in module in sys.modules: the tests import the real one
+            sys.modules[key] = module
+            changed.append(f"sys.modules[{key!r}]")
+        if type(module) is not kind:  # `module.__class__ = ...` (a __getattribute__ that fakes attributes)
+            module.__class__ = kind
+            changed.append(f"{key}.__class__")
         current = vars(module)
         for attr, value in space.items():
             if current.get(attr, missing) is not value:

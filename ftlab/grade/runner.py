@@ -246,17 +246,26 @@ _HANDLED_APART = {"ftlab", "otter", "doctest", "__future__"}  # re-imported or c
 
 
 def libraries_of(tests: dict[str, str]) -> list[str]:
-    """The library modules the test files use: what they import (in doctests too) and the dotted
-    names under those libraries they mention (`torch.nn.functional.cross_entropy`). Their code is
+    """The library modules the test files use: what they import (in doctests too), what they import
+    from them (`from numpy import testing`), and the dotted names under those libraries they mention,
+    through their aliases too (`np.testing.assert_allclose` after `import numpy as np`). Their code is
     snapshotted before the learner's first cell and put back before the tests
     (in_kernel._ftlab_restore_libraries); the kernel keeps the names that are modules."""
     text = "\n".join(tests.values())
     imported = {name for name in _IMPORT.findall(text) if name.split(".")[0] not in _HANDLED_APART}
     tops = {name.split(".")[0] for name in imported}
-    mentioned = set(re.findall(r"\b(?:%s)(?:\.[A-Za-z_]\w*)+" % "|".join(map(re.escape, sorted(tops))), text)) \
-        if tops else set()
+    names = set(imported)
+    for module, members in re.findall(r"\bfrom[ \t]+([A-Za-z_][\w.]*)[ \t]+import[ \t]+([\w, \t]+)", text):
+        if module.split(".")[0] in tops:
+            names |= {f"{module}.{member.split()[0]}" for member in members.split(",") if member.strip()}
+    aliases = {alias: module for module, alias in re.findall(r"\bimport[ \t]+([A-Za-z_][\w.]*)[ \t]+as[ \t]+(\w+)", text)
+               if module.split(".")[0] in tops}
+    for alias, module in aliases.items():
+        names |= {module + rest for rest in re.findall(r"\b%s((?:\.[A-Za-z_]\w*)+)" % re.escape(alias), text)}
+    if tops:
+        names |= set(re.findall(r"\b(?:%s)(?:\.[A-Za-z_]\w*)+" % "|".join(map(re.escape, sorted(tops))), text))
     dotted = set()
-    for name in imported | mentioned:
+    for name in names:
         parts = name.split(".")
         dotted |= {".".join(parts[:k]) for k in range(1, len(parts) + 1)}
     return sorted(dotted)
