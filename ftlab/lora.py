@@ -67,7 +67,8 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # ... and B zero: the update B A starts at exactly 0
         self.dropout = nn.Dropout(dropout)
         self.r, self.alpha = r, alpha
-        self.scaling = alpha / r  # so changing r does not change how large the update is
+        # as in the paper and PEFT; under Adam the early update grows as alpha / sqrt(r) (lesson 09 measures it)
+        self.scaling = alpha / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         return self.base_layer(x) + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
