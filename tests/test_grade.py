@@ -363,16 +363,40 @@ try:
     alive = True
 except ProcessLookupError:
     alive = False
-print(killed, alive, own.poll() is None)
+# a detached chain 120 processes deep, whose leaf waits: all of it dies in one call
+open("chain.sh", "w").write('if [ "$1" -gt 0 ]; then sh chain.sh $(($1-1)); else exec ' + sys.executable
+                            + ' -c "import signal; signal.pause()" ftlab-test-chain-leaf; fi\n')
+subprocess.run([sys.executable, "-c", "import subprocess as s; s.Popen(['sh', 'chain.sh', '120'], "
+                "start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL)"])
+time.sleep(1.0)
+def leaves():
+    found = 0
+    for entry in os.listdir("/proc"):
+        try:
+            found += (entry.isdigit() and entry != str(os.getpid())  # this script names the leaf too
+                      and b"ftlab-test-chain-leaf" in open(f"/proc/{entry}/cmdline", "rb").read())
+        except OSError:
+            pass
+    return found
+had = leaves()
+chain_killed = sandbox._kill_orphans()
+sandbox.stop_adopting()  # the batch is over: later orphans are not adopted any more
+later = subprocess.run([sys.executable, "-c", LEAVE], capture_output=True, text=True)
+time.sleep(0.2)
+after = int(open(f"/proc/{int(later.stdout)}/stat").read().rsplit(")", 1)[1].split()[1])
+os.kill(int(later.stdout), 9)
+print(killed, alive, own.poll() is None, had, chain_killed > 120, leaves(), after != os.getpid())
 own.kill()
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
-def test_orphans_a_notebook_leaves_are_killed_and_the_callers_own_children_spared():
-    done = subprocess.run([sys.executable, "-c", ORPHANS], capture_output=True, text=True, timeout=60, cwd=ROOT)
+def test_orphans_a_notebook_leaves_are_killed_and_the_callers_own_children_spared(tmp_path):
+    done = subprocess.run([sys.executable, "-c", ORPHANS], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "False", "True"]
+    # the orphan killed, the caller's own child alive; the chain's leaf found, all 121 killed, none left;
+    # after the batch, an orphan goes to init, not to the caller
+    assert done.stdout.split() == ["1", "False", "True", "1", "True", "0", "True"]
 
 
 def test_lesson_autograder_is_found_by_its_two_digit_prefix_newest_first(tmp_path):

@@ -31,7 +31,7 @@ from typing import Sequence
 from .autograder import Autograder, AutograderError, find_lesson_autograder, load_autograder
 from .reports import SubmissionResult, read_result, summary_table, write_csv, write_junit, write_result
 from .sandbox import (Isolation, Limits, SandboxError, default_ftlab_home, kill_running, probe_isolation,
-                      run_sandbox, sandbox_environment)
+                      run_sandbox, sandbox_environment, stop_adopting)
 from .scoring import interpret, otter_results, zero_result
 from .shards import MANIFEST, Shard, write_manifest
 from .submissions import NoSubmissions, Submission, find_submissions, notebook_file_name, precheck, slug
@@ -268,6 +268,7 @@ def _grade(paths, ag, out, jobs, limits, isolation, regrade, allow_read, save_no
         kill_running()
         raise
     finally:
+        stop_adopting()  # nothing a notebook started outlives the batch; the caller's later children are its own
         if bar is not None:
             bar.close()
     if broken.is_set():

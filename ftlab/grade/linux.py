@@ -18,7 +18,8 @@ import socket
 import struct
 
 __all__ = ["mount_tmpfs", "bind", "hide_file", "remount_read_only", "loopback_up", "die_with_parent",
-           "no_new_privileges", "drop_capabilities", "drop_to_user", "become_subreaper", "children", "seconds_since_boot"]
+           "no_new_privileges", "drop_capabilities", "drop_to_user", "become_subreaper", "stop_being_subreaper", "children", "seconds_since_boot",
+           "kill_tree"]
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC = 0x20, 0x1000, 0x4000
@@ -121,6 +122,63 @@ def become_subreaper() -> None:
     """Processes orphaned below this one (a notebook's detached children) become this process's
     children, not init's: the grader can then find and kill what a notebook left running."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def stop_being_subreaper() -> None:
+    """Orphans go to init again (the batch is over: the caller's later children are its own business)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process now."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def kill_tree(find_roots, *, seconds: float = 10.0) -> int:
+    """Kill the processes `find_roots()` returns and every process below them, round after round
+    until it returns none (or `seconds` pass). In each round all of them are stopped (SIGSTOP) before
+    any is killed, so none can fork or re-parent in between; a process forked before its stop is
+    orphaned by the kill, adopted by this process (a subreaper) and found by the next round. Reaps
+    this process's children among them. Returns how many processes were killed."""
+    import time
+
+    deadline, killed, me = time.monotonic() + seconds, 0, os.getpid()
+    while time.monotonic() < deadline:
+        roots = [pid for pid in find_roots() if pid != me]
+        if not roots:
+            break
+        parents = _parents()
+        below: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            below.setdefault(parent, []).append(pid)
+        tree, stack = set(), list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid not in tree and pid != me:
+                tree.add(pid)
+                stack.extend(below.get(pid, []))
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in tree:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        killed += len(tree)
+        for pid in tree:
+            if parents.get(pid) == me:
+                try:
+                    os.waitpid(pid, 0)  # ours: reaped, or it would be found again as a zombie
+                except ChildProcessError:
+                    pass
+    return killed
 
 
 def children(pid: int, *, started_after: float = 0.0) -> list[int]:

@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-fd", type=int, required=True)
     args = parser.parse_args(argv)
     started = time.monotonic() - time.process_time()  # count this interpreter's own start-up too
+    adopting = False
     with os.fdopen(args.result_fd, "w", encoding="utf-8") as result_file:
         try:
             staging_fd = os.open(args.staging, os.O_RDONLY)
@@ -413,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                 from . import linux
 
                 linux.die_with_parent()  # the grader was killed outright: stop too
+                linux.become_subreaper()  # what the notebook leaves running stays below this process ...
+                adopting = True
             ftlab_home_fd = (os.open(job.ftlab_home, os.O_RDONLY)
                              if job.ftlab_home and os.path.isdir(job.ftlab_home) else None)
             if job.mode == "namespaces":
@@ -429,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # noqa: BLE001 - reported to the orchestrator as the grader's own failure
             result = {"status": "internal-error", "error": f"{type(error).__name__}: {error}",
                       "traceback": traceback.format_exc()[-4000:]}
+        if adopting:  # ... and dies here, with its grading (a pid namespace does this itself)
+            from . import linux
+
+            linux.kill_tree(lambda: linux.children(os.getpid()))
         result["seconds"] = round(time.monotonic() - started, 2)
         result_file.write(json.dumps(result))
     return 0

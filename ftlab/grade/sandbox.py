@@ -34,7 +34,7 @@ from pathlib import Path
 from .job import Job
 
 __all__ = ["Limits", "Isolation", "Outcome", "SandboxError", "probe_isolation", "run_sandbox",
-           "sandbox_environment", "default_ftlab_home", "kill_running"]
+           "sandbox_environment", "default_ftlab_home", "kill_running", "stop_adopting"]
 
 GRACE_S = 5.0  # after the time limit, before the sandbox is killed (the runner stops itself before)
 _ENV_KEEP = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONIOENCODING", "VIRTUAL_ENV", "CONDA_PREFIX",
@@ -138,34 +138,33 @@ def _adopt_orphans() -> None:
             pass
 
 
-def _kill_orphans(rounds: int = 50) -> int:
-    """Kill the grader's children that are not sandboxes it runs now: processes a notebook started and
-    left behind (detached, in their own session), adopted when their parent died. Without a pid
-    namespace nothing else would stop them; they could rewrite other learners' results. Returns how
-    many were killed. Killing one orphans its children in turn, so this repeats until none is left."""
+def _kill_orphans() -> int:
+    """Kill the grader's children that are not sandboxes it runs now, with everything below them:
+    processes a notebook left behind (detached, in their own session), adopted when their parent
+    died. Each sandbox's runner is a subreaper too and kills what its notebook left when it ends, so
+    what reaches the grader escaped a runner that was killed (its time limit). Returns how many died."""
     if not _REAPING["on"]:
         return 0
-    from .linux import children
+    from .linux import children, kill_tree
 
-    killed = 0
-    for _ in range(rounds):
+    def strays():
         with _RUNNING_LOCK:  # a sandbox being started is in _RUNNING before this can see it
-            strays = [pid for pid in children(os.getpid(), started_after=_REAPING["since"]) if pid not in _RUNNING]
-            for pid in strays:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for pid in strays:
-            try:
-                os.waitpid(pid, 0)  # adopted, so ours to reap
-            except ChildProcessError:
-                pass
-        killed += len(strays)
-        if not strays:
-            break
-        time.sleep(0.01)
-    return killed
+            return [pid for pid in children(os.getpid(), started_after=_REAPING["since"]) if pid not in _RUNNING]
+
+    return kill_tree(strays)
+
+
+def stop_adopting() -> None:
+    """The batch is over: kill what is left, and stop adopting (the caller's later children are its own)."""
+    if _REAPING["on"]:
+        _kill_orphans()
+        from .linux import stop_being_subreaper
+
+        try:
+            stop_being_subreaper()
+        except OSError:
+            pass
+        _REAPING["on"] = False
 
 
 def kill_running() -> None:
