@@ -121,14 +121,19 @@ def _wrong_answer(lesson: str) -> dict:
     return spec
 
 
+def _cell_with(notebook: dict, find: str, what: str, name: str) -> dict:
+    """The one cell of the solution notebook whose source holds `find` (exactly once in the notebook)."""
+    hits = [cell for cell in notebook["cells"] if find in "".join(cell["source"])]
+    found = sum("".join(cell["source"]).count(find) for cell in hits)
+    if found != 1:
+        raise AssertionError(f"{name}: {what} {find!r} occurs {found} times in the solution notebook; "
+                             "it must occur exactly once")
+    return hits[0]
+
+
 def _with_wrong_answer(solution: Path, spec: dict, target: Path) -> Path:
     notebook = json.loads(solution.read_text())
-    hits = [cell for cell in notebook["cells"] if spec["find"] in "".join(cell["source"])]
-    found = sum("".join(cell["source"]).count(spec["find"]) for cell in hits)
-    if found != 1:
-        raise AssertionError(f"{solution.name}: wrong_answer.find {spec['find']!r} occurs {found} times in the "
-                             "solution notebook; it must occur exactly once")
-    cell = hits[0]
+    cell = _cell_with(notebook, spec["find"], "wrong_answer.find", solution.name)
     cell["source"] = "".join(cell["source"]).replace(spec["find"], spec["replace"])
     target.write_text(json.dumps(notebook))
     return target
@@ -184,12 +189,7 @@ def _probe_notebook(solution: Path, entries: list[dict], target: Path, out: Path
     notebook = json.loads(solution.read_text())
     probes = []
     for entry in entries:
-        hits = [cell for cell in notebook["cells"] if entry["find"] in "".join(cell["source"])]
-        found = sum("".join(cell["source"]).count(entry["find"]) for cell in hits)
-        if found != 1:
-            raise AssertionError(f"{solution.name}: trivial answer find {entry['find']!r} occurs {found} times in "
-                                 "the solution notebook; it must occur exactly once")
-        original = "".join(hits[0]["source"])
+        original = "".join(_cell_with(notebook, entry["find"], "trivial answer find", solution.name)["source"])
         probes.append({"question": entry["question"], "original": original,
                        "modified": original.replace(entry["find"], entry["replace"])})
     notebook["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,

@@ -129,17 +129,24 @@ def stop_being_subreaper() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 0)
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process now."""
-    found = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, start in seconds after boot) of every process now (from /proc; those that
+    vanish meanwhile are skipped)."""
+    found, ticks = {}, os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat", "rb") as stat:
-                    found[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+                    fields = stat.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
+                found[int(entry)] = (int(fields[1]), int(fields[19]) / ticks)
             except (OSError, IndexError, ValueError):
                 continue
     return found
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process now."""
+    return {pid: parent for pid, (parent, _) in _processes().items()}
 
 
 def kill_tree(find_roots, *, seconds: float = 10.0) -> int:
@@ -182,20 +189,8 @@ def kill_tree(find_roots, *, seconds: float = 10.0) -> int:
 
 
 def children(pid: int, *, started_after: float = 0.0) -> list[int]:
-    """The processes whose parent is `pid` now and that started `started_after` seconds after boot or
-    later (from /proc; those that vanish meanwhile are skipped)."""
-    found, ticks = [], os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
-        except OSError:
-            continue
-        if int(fields[1]) == pid and int(fields[19]) / ticks >= started_after:
-            found.append(int(entry))
-    return found
+    """The processes whose parent is `pid` now and that started `started_after` seconds after boot or later."""
+    return [child for child, (parent, start) in _processes().items() if parent == pid and start >= started_after]
 
 
 def seconds_since_boot() -> float:
